@@ -1,0 +1,180 @@
+"""
+Fallback quantization: 16-bit precision for the few activation blocks that hold outliers.
+
+Per-block INT8 breaks on GLU transformers (SwiGLU, as in Llama): their activations carry large,
+sparse, irregular outliers, and one outlier in a 32x32 block sets the block's scale so high that
+its other 1023 values round to a handful of levels. Fallback Quantization (Zhang et al. 2025,
+arXiv 2503.08040) keeps most blocks in INT8 and falls back to higher precision for the blocks
+that contain outliers. Here a flagged block keeps a second int8 plane, the quantized residual:
+
+    x  ~=  q1 * s1  +  q2 * s2          q1, s1: the plain block (quantize.py)
+    r   =  x - q1 * s1                  |r| <= s1 / 2
+    s2  =  absmax(r) / 127,  q2 = round(r / s2)
+
+so a flagged block carries about 15 bits (error <= s2/2 <= s1/508). The GEMM adds the second
+plane's product only for flagged (row-block, K-block) pairs, so its cost grows with the flagged
+fraction, not with the tensor.
+
+The rule (one function, `outlier_scores`; the flag is score > threshold; selected by name):
+    'crest'   absmax(block) / rms(block): how far the largest value stands above the block's
+              typical value. Gaussian blocks score ~3.5; a block with one 100x outlier ~30.
+              This measures the precision the other values of the block lose.
+    'median'  absmax(block) / median over the tensor of the nonzero block absmaxes: how far the
+              block stands above the tensor's typical block.
+    'topk'    flag the `threshold` fraction (0..1) of blocks with the largest absmax: a fixed
+              budget, whatever the data (here threshold is a fraction, not a score).
+The threshold is dynamic in the sense the paper needs: every score is relative to the live
+tensor (its own blocks, or the tensor's median), computed each step. Limits that the tests
+hold: threshold = inf flags nothing and is exactly plain per-block INT8; threshold = 0 flags
+every nonzero block ('crest', 'median') and the GEMM then matches a float GEMM to ~1e-4.
+Which rule is the default is chosen by measurement (see README, "Fallback rule").
+
+The second plane is stored compactly, in proportion to the flagged fraction (QTensor fields):
+    slot (R/QB, C/QB) int32    -1 for a plain block, else the block's index in q2 / s2
+    q2   (n_flagged, QB, QB)   int8 residual blocks
+    s2   (n_flagged,)          fp32 residual scales
+"""
+import torch
+
+from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, check_finite, check_float,
+                      dequantize, expand_blocks, pad_2d, quantize)
+
+RULES = ("crest", "median", "topk")
+DEFAULT_RULE = "crest"
+DEFAULT_THRESHOLD = 12.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the rule
+
+def outlier_scores(xp, qblock, rule):
+    """Score of every block of a padded 2-D fp32 tensor: (R/QB, C/QB). Flag = score > threshold."""
+    amax = block_absmax(xp, qblock)                                # (R/QB, C/QB)
+    if rule == "crest":
+        rms = blocks(xp, qblock).square().mean(dim=(1, 3)).sqrt()  # (R/QB, C/QB)
+        return amax / rms.clamp_min(1e-30)
+    if rule in ("median", "topk"):
+        nonzero = amax[amax > 0]
+        typical = nonzero.median() if nonzero.numel() else amax.new_ones(())
+        return amax / typical
+    raise ValueError(f"unknown fallback rule {rule!r}; choose one of {RULES}")
+
+
+def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD):
+    """Boolean (R/QB, C/QB) grid of blocks that fall back to two planes."""
+    scores = outlier_scores(xp, qblock, rule)
+    if rule == "topk":
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"the 'topk' rule takes a fraction in [0, 1], got {threshold}")
+        k = int(round(threshold * scores.numel()))
+        flags = torch.zeros_like(scores, dtype=torch.bool)
+        if k > 0:
+            flags.view(-1)[scores.view(-1).topk(k).indices] = True
+        return flags & (scores > 0)
+    if threshold < 0:
+        raise ValueError(f"fallback threshold must be >= 0, got {threshold}")
+    return scores > threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# the second plane
+
+def add_second_plane(t, xp, flags):
+    """Attach the residual plane of the flagged blocks of xp (padded fp32) to QTensor t."""
+    QB = t.qblock
+    residual = xp - t.q.float() * expand_blocks(t.s, QB)           # (R, C), |r| <= s1/2
+    rb = blocks(residual, QB).permute(0, 2, 1, 3)[flags]           # (n, QB, QB)
+    amax = rb.abs().amax(dim=(1, 2))                               # (n,)
+    inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
+    t.q2 = torch.round(rb * inv[:, None, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    t.s2 = (amax / QMAX).contiguous()
+    slot = torch.full(flags.shape, -1, dtype=torch.int32, device=xp.device)
+    slot[flags] = torch.arange(int(flags.sum()), dtype=torch.int32, device=xp.device)
+    t.slot = slot
+    return t
+
+
+def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
+                          stochastic=False, generator=None):
+    """Quantize x and give its outlier blocks a second plane. Returns (QTensor, flagged fraction).
+
+    The first plane is exactly quantize(x, qblock, stochastic); threshold = inf adds nothing.
+    """
+    check_float(x)
+    check_finite(x)
+    t = quantize(x, qblock, stochastic, generator)
+    xp = pad_2d(as_2d(x).float(), qblock)                          # (R, C) fp32, padded
+    flags = outlier_flags(xp, qblock, rule, threshold)
+    add_second_plane(t, xp, flags)
+    return t, flagged_fraction(t)
+
+
+def flagged_fraction(t):
+    """Fraction of the tensor's logical blocks that carry a second plane (0.0 without one)."""
+    if not t.has_fallback:
+        return 0.0
+    QB = t.qblock
+    rb, cb = -(-t.rows // QB), -(-t.cols // QB)                    # logical blocks only
+    return t.q2.shape[0] / (rb * cb)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API: the kernels plug in under these names
+
+def quantize_fallback(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
+                      stochastic=False, generator=None):
+    """See quantize_fallback_ref."""
+    return quantize_fallback_ref(x, qblock, rule, threshold, stochastic, generator)
+
+
+def mixed_gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None):
+    """C = A @ B^T where A and/or B carry a fallback plane: the sum over plane pairs.
+
+    The plain GEMM (int8_linear.gemm) already handles operands with a second plane; this name
+    exists so that readers find the mixed-precision GEMM where the fallback is explained.
+    """
+    from int8_linear import gemm
+    return gemm(a, b, out, out_dtype, shape, generator)
+
+
+class FallbackConfig:
+    """What the model needs to know about fallback: on/off, the rule and its threshold, and
+    the flagged fraction of each quantized activation from the last forward (for logging)."""
+
+    def __init__(self, enabled=False, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
+                 grad=False):
+        if rule not in RULES:
+            raise ValueError(f"unknown fallback rule {rule!r}; choose one of {RULES}")
+        self.enabled, self.rule, self.threshold, self.grad = enabled, rule, threshold, grad
+        self.stats = {}
+
+    @property
+    def spec(self):
+        """What an op that quantizes its own output takes: (rule, threshold), or None if off."""
+        return (self.rule, self.threshold) if self.enabled else None
+
+    def record(self, name, t):
+        """Log the flagged fraction of an activation that an op quantized with `spec`."""
+        if self.enabled:
+            self.stats[name] = flagged_fraction(t)
+
+    def quantize(self, x, qblock, name, stochastic=False):
+        """Quantize an activation, with a second plane for outlier blocks when enabled."""
+        if not self.enabled:
+            return quantize(x, qblock, stochastic)
+        t, frac = quantize_fallback(x, qblock, self.rule, self.threshold, stochastic)
+        self.stats[name] = frac
+        return t
+
+
+def quantize_out(y, qblock, fallback=None):
+    """How an op quantizes its float result: round to nearest, plus a second plane for outlier
+    blocks when fallback = (rule, threshold) is given. Used by the norm and activation ops."""
+    if fallback is None:
+        return quantize(y, qblock)
+    return quantize_fallback(y, qblock, *fallback)[0]
+
+
+__all__ = ["RULES", "DEFAULT_RULE", "DEFAULT_THRESHOLD", "outlier_scores", "outlier_flags",
+           "quantize_fallback", "quantize_fallback_ref", "flagged_fraction", "mixed_gemm",
+           "FallbackConfig", "quantize_out", "QTensor", "dequantize"]

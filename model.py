@@ -1,0 +1,343 @@
+"""
+A compact GPT, in bf16 or with the INT8 data flow of Jetfire inside every transformer block.
+
+Two styles:  GPT-2 (LayerNorm + GELU, mlp='gelu', norm='layernorm')
+             Llama (RMSNorm + SwiGLU, mlp='swiglu', norm='rmsnorm'), the GLU model fallback is for
+Three modes: bf16      plain PyTorch under autocast: the baseline every comparison uses
+             int8      every block linear, norm and activation on int8 blocks (DESIGN §3)
+             fallback  int8 + a second int8 plane for outlier activation blocks (fallback.py)
+
+The int8 data flow lives inside three autograd Functions per block, as in Jetfire's released
+code; between them (and around attention) tensors are float:
+
+    x (fp32 residual) --NormLinear--> qkv (bf16) --SDPA--> y (bf16) --LinearResidual--> x
+      x --NormMLPResidual--> x
+
+Inside a Function the ops hand each other (int8, scale) QTensors and save int8 for backward:
+    NormLinear       norm (int8 out) -> c_attn GEMM (float out, for attention)
+    LinearResidual   quantize y -> c_proj GEMM (float out) + residual
+    NormMLPResidual  norm -> c_fc GEMM (int8 out) -> GELU/SwiGLU (int8 in/out) -> c_proj GEMM
+                     (float out) + residual
+Attention (QK^T, softmax, PV) stays in bf16 through scaled_dot_product_attention; embeddings,
+the final norm, the LM head and the loss stay in bf16/fp32; the residual stream is fp32.
+The same parameters serve every mode, so a bf16 checkpoint loads into an int8 model.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fallback import DEFAULT_RULE, DEFAULT_THRESHOLD, FallbackConfig
+from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd
+from int8_linear import linear_dgrad, linear_fwd, linear_wgrad, load_q, save_q
+from int8_norm import layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd
+from quantize import check_qblock, quantize
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304       # GPT-2's 50257 padded to a multiple of 64; 256 for bytes
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    mlp: str = "gelu"             # 'gelu' (4C hidden) | 'swiglu' (8C/3 hidden, rounded to 128)
+    norm: str = "layernorm"       # 'layernorm' | 'rmsnorm'
+    int8: bool = False
+    fallback: bool = False        # needs int8
+    qblock: int = 32
+    fallback_rule: str = DEFAULT_RULE
+    fallback_threshold: float = DEFAULT_THRESHOLD
+    fallback_grad: bool = False   # also give output gradients a second plane
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.fallback and not self.int8:
+            raise ValueError("fallback=True needs int8=True (it refines int8 blocks)")
+        check_qblock(self.qblock)
+
+    @property
+    def hidden(self):
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return -(-8 * self.n_embd // 3 // 128) * 128  # a multiple of every block size
+
+
+# ---------------------------------------------------------------------------------------------
+# the int8 data flow: three autograd Functions per block
+
+class Int8Spec:
+    """Non-tensor settings one block's Functions need: block size, norm and MLP kind, the
+    model's shared fallback state, and the layer's name for the flagged-fraction log."""
+
+    def __init__(self, config, fb, name):
+        self.qblock, self.norm, self.mlp, self.fb, self.name = (
+            config.qblock, config.norm, config.mlp, fb, name)
+
+    def norm_fwd(self, x, w, b, what):
+        """Norm with int8 output; `what` names the GEMM that output feeds (for the log)."""
+        if self.norm == "layernorm":
+            out = layernorm_fwd(x, w, b, self.qblock, fallback=self.fb.spec)
+        else:
+            out = rmsnorm_fwd(x, w, self.qblock, fallback=self.fb.spec)
+        self.fb.record(f"{self.name}.{what}", out[0])
+        return out
+
+    def norm_bwd(self, dy_q, xhat_q, rstd, w, has_bias):
+        if self.norm == "layernorm":
+            return layernorm_bwd(dy_q, xhat_q, rstd, w, has_bias)
+        return (*rmsnorm_bwd(dy_q, xhat_q, rstd, w), None)
+
+    def act_fwd(self, h_q):
+        act = gelu_fwd if self.mlp == "gelu" else swiglu_fwd
+        g_q = act(h_q, fallback=self.fb.spec)
+        self.fb.record(f"{self.name}.mlp.c_proj", g_q)
+        return g_q
+
+    def act_bwd(self, dg_q, h_q):
+        return (gelu_bwd if self.mlp == "gelu" else swiglu_bwd)(dg_q, h_q)
+
+    def quantize_grad(self, dy, what):
+        """Output gradients: stochastic rounding; a second plane only if fallback_grad."""
+        if self.fb.grad:
+            return self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True)
+        return quantize(dy, self.qblock, stochastic=True)
+
+
+class NormLinear(torch.autograd.Function):
+    """qkv = norm(x) @ W^T: x (B, T, C) fp32 -> qkv (B, T, 3C) in the attention dtype."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w, spec, out_dtype):
+        a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "attn.c_attn")  # (B, T, C) int8
+        w_q = quantize(w, spec.qblock)                                   # (3C, C) int8
+        # --- GEMM: qkv = A @ W^T ---
+        qkv = linear_fwd(a_q, w_q, out="float", out_dtype=out_dtype)     # (B, T, 3C)
+        save_q(ctx, a_q, xhat_q, w_q)
+        ctx.extra = (rstd, ln_w)
+        ctx.spec, ctx.has_bias = spec, ln_b is not None
+        return qkv
+
+    @staticmethod
+    def backward(ctx, dqkv):
+        a_q, xhat_q, w_q = load_q(ctx)
+        rstd, ln_w = ctx.extra
+        spec = ctx.spec
+        dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
+        # --- GEMM: dA = dqkv @ W ---
+        da_q = linear_dgrad(dqkv_q, w_q, out="int8_sr")                  # (B, T, C) int8
+        # --- GEMM: dW = dqkv^T @ A ---
+        dw = linear_wgrad(dqkv_q, a_q)                                   # (3C, C) fp32
+        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
+        return dx, dln_w, dln_b, dw, None, None
+
+
+class LinearResidual(torch.autograd.Function):
+    """out = x + y @ W^T: y (B, T, C) bf16 attention output, x (B, T, C) fp32 residual."""
+
+    @staticmethod
+    def forward(ctx, y, w, x, spec):
+        y_q = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj")  # (B, T, C) int8
+        w_q = quantize(w, spec.qblock)                                   # (C, C) int8
+        # --- GEMM: out = x + Y @ W^T ---
+        out = x + linear_fwd(y_q, w_q)                                   # (B, T, C) fp32
+        save_q(ctx, y_q, w_q)
+        ctx.spec, ctx.y_dtype = spec, y.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y_q, w_q = load_q(ctx)
+        dout_q = ctx.spec.quantize_grad(dout, "attn.c_proj")             # (B, T, C) int8
+        # --- GEMM: dY = dout @ W (float: attention's backward takes floats) ---
+        dy = linear_dgrad(dout_q, w_q, out="float", out_dtype=ctx.y_dtype)  # (B, T, C)
+        # --- GEMM: dW = dout^T @ Y ---
+        dw = linear_wgrad(dout_q, y_q)                                   # (C, C) fp32
+        return dy, dw, dout, None
+
+
+class NormMLPResidual(torch.autograd.Function):
+    """out = x + act(norm(x) @ W_fc^T) @ W_proj^T, all inside on int8 blocks."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w_fc, w_proj, spec):
+        a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "mlp.c_fc")      # (B, T, C) int8
+        fc_q = quantize(w_fc, spec.qblock)                               # (H or 2H, C) int8
+        proj_q = quantize(w_proj, spec.qblock)                           # (C, H) int8
+        # --- GEMM: H = A @ W_fc^T (int8 out) ---
+        h_q = linear_fwd(a_q, fc_q, out="int8")                          # (B, T, H or 2H)
+        g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
+        # --- GEMM: out = x + G @ W_proj^T ---
+        out = x + linear_fwd(g_q, proj_q)                                # (B, T, C) fp32
+        save_q(ctx, a_q, xhat_q, h_q, g_q, fc_q, proj_q)
+        ctx.extra = (rstd, ln_w)
+        ctx.spec, ctx.has_bias = spec, ln_b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        a_q, xhat_q, h_q, g_q, fc_q, proj_q = load_q(ctx)
+        rstd, ln_w = ctx.extra
+        spec = ctx.spec
+        dout_q = spec.quantize_grad(dout, "mlp.c_proj")                  # (B, T, C) int8
+        # --- GEMM: dG = dout @ W_proj ---
+        dg_q = linear_dgrad(dout_q, proj_q, out="int8_sr")               # (B, T, H) int8
+        # --- GEMM: dW_proj = dout^T @ G ---
+        dw_proj = linear_wgrad(dout_q, g_q)                              # (C, H) fp32
+        dh_q = spec.act_bwd(dg_q, h_q)                                   # (B, T, H or 2H)
+        # --- GEMM: dA = dH @ W_fc ---
+        da_q = linear_dgrad(dh_q, fc_q, out="int8_sr")                   # (B, T, C) int8
+        # --- GEMM: dW_fc = dH^T @ A ---
+        dw_fc = linear_wgrad(dh_q, a_q)                                  # (H or 2H, C) fp32
+        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
+        return dx + dout, dln_w, dln_b, dw_fc, dw_proj, None
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+def make_norm(config):
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.n_embd, eps=1e-5)
+    return nn.RMSNorm(config.n_embd, eps=1e-6)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def attend(self, qkv):
+        """Causal SDPA on a fused (B, T, 3C) qkv -> (B, T, C)."""
+        B, T, C3 = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.n_head, C3 // (3 * self.n_head)).unbind(2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), is_causal=True)
+        return y.transpose(1, 2).reshape(B, T, C3 // 3)
+
+    def forward(self, x):
+        return self.c_proj(self.attend(self.c_attn(x)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        n_fc = 2 * config.hidden if self.swiglu else config.hidden   # SwiGLU: [gate | up]
+        self.c_fc = nn.Linear(config.n_embd, n_fc, bias=False)
+        self.c_proj = nn.Linear(config.hidden, config.n_embd, bias=False)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            return self.c_proj(F.silu(gate) * up)
+        return self.c_proj(F.gelu(h, approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config, fb, index):
+        super().__init__()
+        self.int8 = config.int8
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+        self.spec = Int8Spec(config, fb, f"h.{index}")
+
+    def forward(self, x):
+        if not self.int8:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        # the int8 ops pick their own precisions; attention runs in autocast's dtype (bf16 on
+        # the GPU), or in fp32 when autocast is off (the CPU default)
+        dtype = torch.get_autocast_dtype(x.device.type) \
+            if torch.is_autocast_enabled(x.device.type) else torch.float32
+        x = x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            qkv = NormLinear.apply(x, self.ln_1.weight, getattr(self.ln_1, "bias", None),
+                                   self.attn.c_attn.weight, self.spec, dtype)
+            y = self.attn.attend(qkv)                                    # (B, T, C)
+            x = LinearResidual.apply(y, self.attn.c_proj.weight, x, self.spec)
+            x = NormMLPResidual.apply(x, self.ln_2.weight, getattr(self.ln_2, "bias", None),
+                                      self.mlp.c_fc.weight, self.mlp.c_proj.weight, self.spec)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.fb = FallbackConfig(config.fallback, config.fallback_rule,
+                                 config.fallback_threshold, config.fallback_grad)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            h=nn.ModuleList([Block(config, self.fb, i) for i in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight               # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():                         # GPT-2's scaled init
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.wte(idx).float() + self.transformer.wpe(pos).float()  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x)                                         # (B, T, vocab)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
+                               ignore_index=-1)
+        return logits, loss
+
+    def fallback_stats(self):
+        """Flagged fraction of each fallback-quantized activation in the last forward."""
+        return dict(self.fb.stats)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]                      # matmuls, embeddings
+        no_decay = [p for p in params if p.dim() < 2]                    # norm gains, biases
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :].float() / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx

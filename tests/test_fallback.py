@@ -1,0 +1,134 @@
+"""Fallback quantization: the rule's limits, the second plane, the mixed GEMM, the stats."""
+import math
+
+import pytest
+import torch
+
+from fallback import (RULES, FallbackConfig, flagged_fraction, mixed_gemm, outlier_flags,
+                      quantize_fallback, quantize_out)
+from int8_linear import gemm
+from quantize import dequantize, pad_2d, quantize
+
+
+def glu_like(rows, cols, frac=0.01, scale=300.0, seed=0):
+    """Gaussian activations with sparse outliers 100-1000x the typical magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g)
+    mask = torch.rand(rows, cols, generator=g) < frac / 32
+    return torch.where(mask, x.sign() * scale * (1 + torch.rand(rows, cols, generator=g)), x)
+
+
+@pytest.mark.parametrize("rule", ["crest", "median"])
+@pytest.mark.parametrize("qblock", [32, 128])
+def test_threshold_inf_is_exactly_plain_int8(rule, qblock):
+    x, w = glu_like(200, 256), torch.randn(96, 256)
+    t, frac = quantize_fallback(x, qblock, rule, math.inf)
+    assert frac == 0.0
+    plain = quantize(x, qblock)
+    assert torch.equal(t.q, plain.q) and torch.equal(t.s, plain.s)
+    tw = quantize(w, qblock)
+    assert torch.equal(mixed_gemm(t, tw), gemm(plain, tw))
+
+
+@pytest.mark.parametrize("rule", ["crest", "median"])
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("outlier_scale", [10.0, 300.0])
+def test_threshold_zero_matches_float_gemm(rule, qblock, outlier_scale):
+    torch.manual_seed(1)
+    x = glu_like(150, 256, scale=outlier_scale, seed=1)
+    t, frac = quantize_fallback(x, qblock, rule, 0.0)
+    assert frac == 1.0
+    # the weight is exact in int8 here, so the error is the activation's two-plane rounding
+    w_int = torch.randint(-127, 128, (96, 256)).float()
+    tw = quantize(w_int, qblock)
+    assert torch.equal(dequantize(tw), w_int)
+    ref = x.double() @ w_int.double().t()
+
+    def rel(c):
+        return ((c.double() - ref).norm() / ref.norm()).item()
+    err = rel(mixed_gemm(t, tw))
+    # two planes bound each element's error by absmax(block) / 127 / 254 / 2: ~1e-5 of the
+    # typical value for ordinary blocks, ~absmax/typical times more inside outlier blocks
+    bf16 = rel(x.bfloat16().double() @ w_int.double().t())
+    plain = rel(gemm(quantize(x, qblock), tw))
+    assert err < plain / 50, (err, plain)
+    if outlier_scale <= 10:
+        assert err < 2e-4, f"relative error {err:.2e}"  # "~1e-4" (DESIGN §2)
+    else:                     # 300-600x outliers: still more precise than bf16 operands
+        assert err < bf16, f"relative error {err:.2e}, a bf16 GEMM's {bf16:.2e}"
+
+
+def test_two_planes_carry_about_15_bits():
+    x = glu_like(128, 128, seed=2)
+    t, _ = quantize_fallback(x, 32, "crest", 0.0)
+    s1 = quantize(x).s.repeat_interleave(32, 0).repeat_interleave(32, 1)
+    err = (dequantize(t) - x).abs()
+    assert (err <= s1 / 254 / 2 * 1.01 + 1e-12).all(), f"max err / s1 = {(err / s1).max():.2e}"
+
+
+def test_flags_pick_the_outlier_blocks():
+    torch.manual_seed(3)
+    x = torch.randn(128, 128)
+    x[5, 40] = 500.0                                  # block (0, 1)
+    x[100, 3] = -800.0                                # block (3, 0)
+    for rule in ("crest", "median"):
+        flags = outlier_flags(pad_2d(x, 32), 32, rule, 8.0)
+        assert flags.nonzero().tolist() == [[0, 1], [3, 0]], rule
+    flags = outlier_flags(pad_2d(x, 32), 32, "topk", 2 / 16)
+    assert flags.nonzero().tolist() == [[0, 1], [3, 0]]
+
+
+def test_random_flag_patterns_match_dense_reference():
+    """Any subset of flagged blocks: the mixed GEMM equals the float GEMM of the two-plane
+    values, whatever the pattern (topk picks a different subset at each fraction)."""
+    torch.manual_seed(4)
+    x, w = glu_like(96, 160, frac=0.05, seed=4), torch.randn(64, 160)
+    tw = quantize(w)
+    W = dequantize(tw).double()
+    for frac in (0.0, 0.1, 0.33, 0.5, 1.0):
+        t, got = quantize_fallback(x, 32, "topk", frac)
+        assert abs(got - round(frac * 15) / 15) < 1e-9
+        ref = dequantize(t).double() @ W.t()
+        c = mixed_gemm(t, tw).double()
+        assert torch.allclose(c, ref, rtol=1e-5, atol=1e-3), frac
+
+
+def test_fallback_on_b_operand_and_transpose():
+    """wgrad uses the saved activation as the B operand, transposed: the plane goes along."""
+    torch.manual_seed(5)
+    x, dy = glu_like(64, 96, seed=5), torch.randn(64, 32)
+    t, _ = quantize_fallback(x, 32, "crest", 4.0)
+    tdy = quantize(dy)
+    ref = dequantize(tdy).double().t() @ dequantize(t).double()
+    assert torch.equal(dequantize(t.t()), dequantize(t).t())
+    dw = gemm(tdy.t(), t.t()).double()
+    assert torch.allclose(dw, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_flagged_fraction_counted_right():
+    x = torch.randn(70, 100)                          # 3 x 4 = 12 logical blocks
+    x[0, 0] = 1e3
+    x[69, 99] = 1e3
+    t, frac = quantize_fallback(x, 32, "median", 8.0)
+    assert frac == 2 / 12 and flagged_fraction(t) == 2 / 12
+    assert t.q2.shape == (2, 32, 32) and t.s2.shape == (2,)
+    assert (t.slot >= 0).sum() == 2
+    assert flagged_fraction(quantize(x)) == 0.0
+
+
+def test_config_records_stats_and_validates():
+    fb = FallbackConfig(True, "crest", 8.0)
+    x = glu_like(64, 64, frac=0.5, seed=6)
+    fb.quantize(x, 32, "h.0.attn.c_proj")
+    assert 0 < fb.stats["h.0.attn.c_proj"] <= 1
+    assert quantize_out(x, 32, fb.spec).has_fallback
+    assert not quantize_out(x, 32, None).has_fallback
+    off = FallbackConfig(False)
+    assert off.spec is None and not off.quantize(x, 32, "a").has_fallback and off.stats == {}
+    with pytest.raises(ValueError, match="unknown fallback rule"):
+        FallbackConfig(True, "magic")
+    with pytest.raises(ValueError, match="fraction"):
+        quantize_fallback(x, 32, "topk", 2.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        quantize_fallback(x, 32, "crest", -1.0)
+    assert set(RULES) == {"crest", "median", "topk"}
