@@ -1,0 +1,195 @@
+"""The tensor-core GEMM kernel (int8_gemm.gemm_cuda) against the reference, on a CUDA device."""
+import pytest
+import torch
+
+import int8_gemm
+from int8_gemm import gemm, gemm_cuda, gemm_ref
+from int8_linear import Int8Linear, linear_dgrad, linear_wgrad
+from quantize import QTensor, dequantize, pad_2d, quantize, quantize_ref
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every kernel output starts as NaN (floats) or -128 (int8, a value quantize never makes),
+    so an element the kernel fails to write fails the comparisons."""
+    def empty(shape, dtype, device):
+        fill = -128 if dtype == torch.int8 else float("nan")
+        return torch.full(shape, fill, dtype=dtype, device=device)
+    monkeypatch.setattr(int8_gemm, "_empty", empty)
+
+
+def int_operand(rows, cols, qblock):
+    """Random int8 values as a CUDA QTensor with unit scales."""
+    v = torch.randint(-127, 128, (rows, cols)).float()
+    q = pad_2d(v, qblock).to(torch.int8)
+    s = torch.ones(q.shape[0] // qblock, q.shape[1] // qblock)
+    return v, QTensor(q.to(DEV), s.to(DEV), torch.Size((rows, cols)), qblock)
+
+
+def operand(rows, cols, qblock, outlier=True, zero_block=True):
+    """A random float tensor quantized on the GPU, with a 1e3x block and an all-zero block."""
+    x = torch.randn(rows, cols, device=DEV)
+    if outlier:
+        x[:qblock, :qblock] *= 1e3
+    if zero_block and rows > qblock and cols > qblock:
+        x[-1:, -1:] = 0
+        x[qblock:2 * qblock, qblock:2 * qblock] = 0
+    return quantize(x, qblock)
+
+
+def bound(ta, tb):
+    """|A| @ |B|^T in float64: the scale of each output's rounding error."""
+    return dequantize(ta).abs().double() @ dequantize(tb).abs().double().t()
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 32, 32), (70, 100, 50), (130, 256, 96), (5, 300, 7),
+                                   (1000, 512, 384), (257, 96, 260)])
+def test_unit_scales_exact(M, K, N, qblock):
+    """Integer path: with unit scales the kernel is the float64 product bit for bit
+    (K <= 512 keeps every fp32 partial sum below 2^24)."""
+    torch.manual_seed(M * 7 + K + N)
+    a, ta = int_operand(M, K, qblock)
+    b, tb = int_operand(N, K, qblock)
+    c = gemm_cuda(ta, tb)
+    assert c.shape == (M, N) and c.dtype == torch.float32
+    assert torch.equal(c.cpu().double(), a.double() @ b.double().t())
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 64, 96), (33, 160, 224), (200, 1024, 352),
+                                   (16384, 256, 384), (2048, 2080, 1056)])
+def test_random_scales_match_reference(M, K, N, qblock):
+    torch.manual_seed(M + K + N + qblock)
+    ta, tb = operand(M, K, qblock), operand(N, K, qblock)
+    c = gemm_cuda(ta, tb)
+    ref = gemm_ref(ta, tb)
+    # both accumulate K/QB rescaled exact partial sums in fp32, in a different rounding order
+    # (FFMA vs multiply-then-add): a few fp32 ulps of sum |a||b|
+    err = (c.double() - ref.double()).abs()
+    tol = 2e-6 * bound(ta, tb)[:M, :N]
+    assert torch.isfinite(c).all()
+    assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
+    assert torch.equal(c, gemm_cuda(ta, tb)), "not deterministic: a race?"
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+def test_float_epilogues(qblock):
+    torch.manual_seed(qblock)
+    ta, tb = operand(300, 192, qblock), operand(190, 192, qblock)
+    c = gemm_cuda(ta, tb)
+    cb = gemm_cuda(ta, tb, out_dtype=torch.bfloat16, shape=(3, 100, 190))
+    assert cb.dtype == torch.bfloat16 and cb.shape == (3, 100, 190)
+    assert torch.equal(cb.reshape(300, 190), c.to(torch.bfloat16))   # same sums, RNE to bf16
+    base = torch.randn(300, 190, device=DEV)
+    acc = base.clone()
+    out = gemm_cuda(ta, tb, accumulate=acc)
+    assert out is acc and torch.equal(acc, base + c)
+    c_odd = gemm_cuda(ta, operand(37, 192, qblock))                      # odd N: scalar stores
+    assert torch.isfinite(c_odd).all() and c_odd.shape == (300, 37)
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(1, 64, 64), (300, 192, 190), (1030, 640, 1056)])
+def test_int8_rtn_epilogue(M, K, N, qblock):
+    torch.manual_seed(M + qblock)
+    ta, tb = operand(M, K, qblock), operand(N, K, qblock)
+    y = gemm_cuda(ta, tb, out="int8", shape=(M, N))
+    c = gemm_cuda(ta, tb)
+    # the kernel re-quantizes exactly the fp32 sums its float epilogue writes: q bit exact; s
+    # within 1 ulp (torch on CUDA divides by the scalar 127 as a multiply by its reciprocal,
+    # the kernel divides correctly rounded, as quantize.py documents)
+    mine = quantize_ref(c, qblock)
+    assert torch.equal(y.q, mine.q)
+    assert torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
+    # against the reference GEMM's int8 output: its fp32 sums differ in the last bits, so a
+    # value that lands within a few ulps of a rounding boundary may round the other way
+    ref = gemm_ref(ta, tb, out="int8")
+    dq = (y.q.int() - ref.q.int()).abs()
+    assert dq.max() <= 1 and (dq > 0).float().mean() < 1e-3, f"{(dq > 0).sum()} differ"
+    assert torch.allclose(y.s, ref.s, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+def test_int8_sr_epilogue(qblock):
+    torch.manual_seed(qblock)
+    M, K, N = 96, 256, 160
+    ta = operand(M, K, qblock, outlier=False, zero_block=False)
+    tb = operand(N, K, qblock, outlier=False, zero_block=False)
+    c = gemm_cuda(ta, tb)
+    rtn = gemm_cuda(ta, tb, out="int8")
+    step = rtn.s.repeat_interleave(qblock, 0).repeat_interleave(qblock, 1)[:M, :N]
+    torch.manual_seed(5)
+    y1 = gemm_cuda(ta, tb, out="int8_sr")
+    torch.manual_seed(5)
+    y2 = gemm_cuda(ta, tb, out="int8_sr")
+    assert torch.equal(y1.q, y2.q), "torch.manual_seed must make the rounding reproducible"
+    assert torch.equal(y1.s, rtn.s)                            # same block absmax
+    n, total = 256, torch.zeros(M, N, dtype=torch.float64, device=DEV)
+    for _ in range(n):
+        y = gemm_cuda(ta, tb, out="int8_sr")
+        d = dequantize(y)
+        assert ((d - c).abs() < step * (1 + 1e-5)).all()      # within one step
+        total += d.double()
+    assert not torch.equal(y.q, y1.q)
+    mean_err = (total / n - c.double()) / step.double()
+    # each rounding has std <= 1/2 step, so the mean of n draws is within 5 * 0.5/sqrt(n) steps
+    assert mean_err.abs().max() < 5 * 0.5 / n ** 0.5, mean_err.abs().max().item()
+    assert abs(mean_err.mean().item()) < 0.01                  # and no bias overall
+
+
+def test_dispatch_and_layouts():
+    torch.manual_seed(3)
+    x, w, dy = (torch.randn(2, 45, 64, device=DEV), torch.randn(96, 64, device=DEV),
+                torch.randn(2, 45, 96, device=DEV))
+    tx, tw, tdy = quantize(x), quantize(w), quantize(dy)
+    dx = linear_dgrad(tdy, tw)
+    assert dx.shape == x.shape and dx.is_cuda
+    assert torch.allclose(dx, gemm_ref(tdy, tw.t(), shape=x.shape), rtol=1e-5, atol=1e-4)
+    dw = linear_wgrad(tdy, tx)
+    assert torch.allclose(dw, gemm_ref(tdy.t(), tx.t()), rtol=1e-5, atol=1e-4)
+
+
+def test_errors():
+    ta, tb = operand(64, 64, 32), operand(32, 64, 32)
+    cpu = QTensor(ta.q.cpu(), ta.s.cpu(), ta.shape, 32)
+    with pytest.raises(ValueError, match="CUDA"):
+        gemm_cuda(cpu, QTensor(tb.q.cpu(), tb.s.cpu(), tb.shape, 32))
+    with pytest.raises(TypeError, match="int8"):
+        gemm_cuda(QTensor(ta.q.short(), ta.s, ta.shape, 32), tb)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        gemm_cuda(ta, operand(32, 96, 32))
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm_cuda(QTensor(ta.q.t(), ta.s.t(), ta.shape, 32), tb)
+    with pytest.raises(ValueError, match="one scale per block"):
+        gemm_cuda(QTensor(ta.q, ta.s[:1], ta.shape, 32), tb)
+    with pytest.raises(ValueError, match="accumulate"):
+        gemm_cuda(ta, tb, accumulate=torch.zeros(3, device=DEV))
+
+
+@pytest.mark.parametrize("qblock", [32, 128])
+def test_int8_linear_cuda_matches_reference(qblock):
+    torch.manual_seed(11)
+    lin = Int8Linear(192, 160, qblock=qblock).to(DEV)
+    x = torch.randn(4, 33, 192, device=DEV, requires_grad=True)
+    dout = torch.randn(4, 33, 160, device=DEV)
+    # forward: the same quantized operands through the reference on the CPU
+    y = lin(x)
+    tx, tw = quantize(x.detach(), qblock), quantize(lin.weight.detach(), qblock)
+    y_ref = gemm_ref(QTensor(tx.q.cpu(), tx.s.cpu(), tx.shape, qblock),
+                     QTensor(tw.q.cpu(), tw.s.cpu(), tw.shape, qblock)).reshape(y.shape)
+    y_ref = y_ref + lin.bias.detach().cpu()
+    assert torch.allclose(y.detach().cpu(), y_ref, rtol=1e-5, atol=1e-4)
+    # backward: the same stochastic draw of dY, then the reference GEMMs
+    torch.manual_seed(99)
+    (y * dout).sum().backward()
+    torch.manual_seed(99)
+    tdy = quantize(dout, qblock, stochastic=True)
+    assert torch.allclose(x.grad, gemm_ref(tdy, tw.t(), shape=x.shape), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(lin.weight.grad, gemm_ref(tdy.t(), tx.t()), rtol=1e-5, atol=1e-4)
+    # and the whole layer stays close to the float layer
+    ref = torch.nn.functional.linear(x.detach(), lin.weight.detach(), lin.bias.detach())
+    assert ((y.detach() - ref).norm() / ref.norm()).item() < 2e-2
