@@ -67,45 +67,175 @@ def device_name(device):
 # ---------------------------------------------------------------------------------------------
 # memory-bound operators
 
-def bench_ops(device, sizes):
+def _op_cases(M, C, device):
+    """(name, int8 fn, bf16 fn, bytes the int8 op must move, rel. error vs float) per op at (M, C).
+
+    Bytes are counted by hand: each input read once, each output written once (block scales and
+    per-row values included). bf16 counterparts are what a bf16 model runs in the op's place.
+    """
+    from int8_gelu import gelu_bwd, gelu_tanh, swiglu_bwd, swiglu_fwd
+    from int8_norm import layernorm_bwd, rmsnorm_bwd, rmsnorm_fwd
+    N, S = M * C, 4 * M * C // 1024                            # elements, bytes of one scale grid
+    x = torch.randn(M, C, device=device) * 2 + 0.5             # (M, C) fp32 residual
+    xb = x.bfloat16()
+    w, b = torch.rand(C, device=device) + 0.5, torch.randn(C, device=device) * 0.1
+    wb, bb = w.bfloat16(), b.bfloat16()
+    h_q = quantize(torch.randn(M, C, device=device) * 3)       # (M, C) int8, GELU input
+    hh_q = quantize(torch.randn(M, 2 * C, device=device) * 3)  # (M, 2C) int8, [gate | up]
+    dg_q = quantize(torch.randn(M, C, device=device), stochastic=True)
+    hb, hhb = dequantize(h_q).bfloat16(), dequantize(hh_q).bfloat16()
+    dyb = torch.randn(M, C, device=device, dtype=torch.bfloat16)
+
+    def bf16_bwd(f, *inputs):                                  # forward + backward in bf16
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return lambda: f(*leaves).backward(dyb)
+
+    def swiglu_bf16(hh):
+        gate, up = hh.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    ln = lambda t, w_, b_: F.layer_norm(t, (C,), w_, b_)       # noqa: E731
+    rms = lambda t, w_: F.rms_norm(t, (C,), w_)                # noqa: E731
+    ln_out = layernorm_fwd(x, w, b)
+    rms_out = rmsnorm_fwd(x, w)
+    return [
+        ("quantize RTN fp32->int8", lambda: quantize(x), lambda: x.bfloat16(), 4 * N + N + S,
+         rel_err(dequantize(quantize(x)), x)),
+        ("quantize SR fp32->int8", lambda: quantize(x, stochastic=True), lambda: x.bfloat16(),
+         4 * N + N + S, rel_err(dequantize(quantize(x, stochastic=True)), x)),
+        ("quantize RTN + transposed copy", lambda: quantize(x, with_t=True),
+         lambda: x.bfloat16(), 4 * N + 2 * N + 2 * S,
+         rel_err(dequantize(quantize(x, with_t=True)[1]), x.t())),
+        ("dequantize int8->fp32", lambda: dequantize(h_q), lambda: hb.float(), N + 4 * N + S,
+         0.0),
+        ("transpose int8", lambda: h_q.t(), lambda: hb.t().contiguous(), 2 * N + 2 * S, 0.0),
+        ("layernorm fwd, int8 out", lambda: layernorm_fwd(x, w, b), lambda: ln(xb, wb, bb),
+         4 * N + 2 * N + 2 * S + 4 * M, rel_err(dequantize(ln_out[0]), ln(x, w, b))),
+        ("layernorm fwd+bwd", lambda: layernorm_bwd(dg_q, *layernorm_fwd(x, w, b)[1:], w),
+         bf16_bwd(ln, xb, wb, bb), (6 * N + 2 * S + 4 * M) + (N + N + 4 * N + 2 * S + 4 * M),
+         rel_err(layernorm_bwd(dg_q, *ln_out[1:], w)[0],
+                 torch.func.vjp(lambda t: ln(t, w, b), x)[1](dequantize(dg_q))[0])),
+        ("rmsnorm fwd, int8 out", lambda: rmsnorm_fwd(x, w), lambda: rms(xb, wb),
+         4 * N + 2 * N + 2 * S + 4 * M, rel_err(dequantize(rms_out[0]), rms(x, w))),
+        ("rmsnorm fwd+bwd", lambda: rmsnorm_bwd(dg_q, *rmsnorm_fwd(x, w)[1:], w),
+         bf16_bwd(rms, xb, wb), (6 * N + 2 * S + 4 * M) + (6 * N + 2 * S + 4 * M),
+         rel_err(rmsnorm_bwd(dg_q, *rms_out[1:], w)[0],
+                 torch.func.vjp(lambda t: rms(t, w), x)[1](dequantize(dg_q))[0])),
+        ("gelu fwd, int8 in/out", lambda: gelu_fwd(h_q), lambda: F.gelu(hb, approximate="tanh"),
+         2 * N + 2 * S, rel_err(dequantize(gelu_fwd(h_q)), gelu_tanh(dequantize(h_q)))),
+        ("gelu fwd+bwd", lambda: (gelu_fwd(h_q), gelu_bwd(dg_q, h_q)),
+         bf16_bwd(lambda t: F.gelu(t, approximate="tanh"), hb), 2 * N + 3 * N + 5 * S,
+         rel_err(dequantize(gelu_bwd(dg_q, h_q)),
+                 torch.func.vjp(gelu_tanh, dequantize(h_q))[1](dequantize(dg_q))[0])),
+        ("swiglu fwd, int8 in/out (h: M x 2C)", lambda: swiglu_fwd(hh_q),
+         lambda: swiglu_bf16(hhb), 3 * N + 3 * S,
+         rel_err(dequantize(swiglu_fwd(hh_q)), swiglu_bf16(dequantize(hh_q)))),
+        ("swiglu fwd+bwd", lambda: (swiglu_fwd(hh_q), swiglu_bwd(dg_q, hh_q)),
+         bf16_bwd(swiglu_bf16, hhb), 3 * N + 5 * N + 8 * S,
+         rel_err(dequantize(swiglu_bwd(dg_q, hh_q)),
+                 torch.func.vjp(swiglu_bf16, dequantize(hh_q))[1](dequantize(dg_q))[0])),
+    ]
+
+
+def kernel_ms(fn, reps=20):
+    """Mean GPU time per call of the kernels fn launches (torch.profiler sees CuPy's too), ms.
+    Unlike timeit this leaves out the host time of the call (Python, launch overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    us = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
+    return us / reps / 1e3
+
+
+def bench_ops(device, sizes, peak_gbs=3000.0):
+    """Memory-bound ops against bf16 PyTorch: time per call (host included, events), GPU time
+    of the kernels alone (profiler), achieved GB/s on the kernel time (bytes counted by hand,
+    read + write) and its % of the device-to-device copy bandwidth (~3.0 TB/s on the H100)."""
     rows = []
     for M, C in sizes:
-        x = torch.randn(M, C, device=device)
-        xb = x.bfloat16()
-        w, b = torch.rand(C, device=device) + 0.5, torch.randn(C, device=device) * 0.1
-        h_q = quantize(x)
-        cases = [
-            ("quantize (RTN)", lambda: quantize(x), lambda: x.bfloat16(),
-             rel_err(dequantize(quantize(x)), x)),
-            ("layernorm fwd, int8 out", lambda: layernorm_fwd(x, w, b),
-             lambda: F.layer_norm(xb, (C,), w.bfloat16(), b.bfloat16()),
-             rel_err(dequantize(layernorm_fwd(x, w, b)[0]), F.layer_norm(x, (C,), w, b))),
-            ("gelu fwd, int8 in/out", lambda: gelu_fwd(h_q),
-             lambda: F.gelu(xb, approximate="tanh"),
-             rel_err(dequantize(gelu_fwd(h_q)), F.gelu(dequantize(h_q), approximate="tanh"))),
-        ]
-        for name, f_int8, f_bf16, err in cases:
-            t8, t16 = timeit(f_int8), timeit(f_bf16)
-            rows.append(dict(op=name, shape=f"{M}x{C}", bf16_ms=t16, int8_ms=t8,
-                             speedup=t16 / t8, rel_err=err))
+        for name, f_int8, f_bf16, nbytes, err in _op_cases(M, C, device):
+            t8, t16 = timeit(f_int8, warmup=5, reps=50), timeit(f_bf16, warmup=5, reps=50)
+            row = dict(op=name, shape=f"{M}x{C}", bf16_ms=t16, int8_ms=t8, speedup=t16 / t8)
+            if device.type == "cuda":
+                k8, k16 = kernel_ms(f_int8), kernel_ms(f_bf16)
+                gbs = nbytes / (k8 * 1e-3) / 1e9
+                row.update(bf16_kernel_ms=k16, int8_kernel_ms=k8, kernel_speedup=k16 / k8,
+                           GBps=gbs, pct_of_copy=100 * gbs / peak_gbs)
+            rows.append(dict(row, rel_err=err))
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # GEMM
 
-def bench_gemm(device, shapes):
+def bench_gemm(device, shapes, qblocks=(32, 128)):
+    """The three GEMMs of a linear layer (M tokens, K in, N out) as C = A @ B^T on int8 blocks:
+    fwd Y = X W^T (int8 out, RTN), dgrad dX = dY W (int8 out, stochastic rounding), wgrad
+    dW = dY^T X (fp32 out). Against cuBLAS bf16 (torch.matmul in the layer's own layout) and
+    torch._int_mm (plain int8, no scales). Operands are made directly in the kernel's TN layout
+    (QTensor.t() is not timed). rel_err: the first 256 rows of C (dequantized) against the
+    reference block-scaled product, checked before timing. % peak: of the ~1.3 POPS mma.sync
+    int8 ceiling of an H100."""
+    from int8_gemm import gemm_ref
+    from quantize import QTensor
+    cuda = device.type == "cuda"
+
+    def time_ms(fn, reps=20):
+        """Median over 5 runs of reps back-to-back calls (launch overhead amortised)."""
+        if not cuda:
+            return timeit(fn, 1, 3)
+        fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / reps)
+        return statistics.median(times)
+
     rows = []
     for M, K, N in shapes:
-        x, w = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
-        xb, wb = x.bfloat16(), w.bfloat16()
-        tx, tw = quantize(x), quantize(w)
-        err = rel_err(gemm(tx, tw), x @ w.t())
-        t16 = timeit(lambda: xb @ wb.t())
-        t8 = timeit(lambda: gemm(tx, tw, out="int8"))
-        tops = 2 * M * K * N / (t8 * 1e-3) / 1e12
-        rows.append(dict(op="gemm fwd, int8 out", shape=f"{M}x{K}x{N}", bf16_ms=t16,
-                         int8_ms=t8, speedup=t16 / t8, tops=tops, rel_err=err))
+        for name, m, n, k, out in (("fwd", M, N, K, "int8"), ("dgrad", M, K, N, "int8_sr"),
+                                   ("wgrad", N, K, M, "float")):
+            a, b = torch.randn(m, k, device=device), torch.randn(n, k, device=device)
+            ab, bb = a.bfloat16(), b.bfloat16()
+            if name == "fwd":                                     # X (M, K) @ W^T
+                f16 = lambda: ab @ bb.t()
+            elif name == "dgrad":                                 # dY (M, N) @ W (N, K)
+                wn = bb.t().contiguous()
+                f16 = lambda: ab @ wn
+            else:                                                 # dY^T (N, M) @ X (M, K)
+                dy, x = ab.t().contiguous(), bb.t().contiguous()
+                f16 = lambda: dy.t() @ x
+            t16 = time_ms(f16)
+            a8, b8 = a.to(torch.int8), b.to(torch.int8)
+            try:
+                t_int = time_ms(lambda: torch._int_mm(a8, b8.t())) if cuda else None
+            except RuntimeError:
+                t_int = None
+            for QB in qblocks:
+                ta, tb = quantize(a, QB), quantize(b, QB)
+                c = gemm(ta, tb, out=out)
+                r = min(m, 256)
+                head = QTensor(ta.q[:r], ta.s[:r // QB], torch.Size((r, k)), QB)
+                c_head = (c if out == "float" else dequantize(c))[:r]
+                err = rel_err(c_head, gemm_ref(head, tb))
+                if not err < 2e-2:
+                    raise AssertionError(f"gemm {name} {m}x{k}x{n} QB={QB}: rel err {err:.3g}")
+                t8 = time_ms(lambda: gemm(ta, tb, out=out))
+                tops = 2 * m * n * k / (t8 * 1e-3) / 1e12
+                rows.append(dict(op=f"gemm {name}, {out} out", QB=QB, layer=f"{M}x{K}x{N}",
+                                 mkn=f"{m}x{k}x{n}", bf16_ms=t16, int_mm_ms=t_int, int8_ms=t8,
+                                 speedup=t16 / t8, vs_int_mm=t_int / t8 if t_int else None,
+                                 TOPS=tops, pct_peak=100 * tops / 1300, rel_err=err))
     return rows
 
 
@@ -188,7 +318,9 @@ def main(argv=None):
     sections = {
         "ops": lambda: bench_ops(device, [(16384, 2048), (16384, 4096)] if big else [(2048, 512)]),
         "gemm": lambda: bench_gemm(device, [(16384, 768, 3072), (16384, 3072, 768),
-                                            (8192, 4096, 4096)] if big else [(512, 512, 512)]),
+                                            (16384, 2048, 8192), (16384, 8192, 2048),
+                                            (8192, 4096, 4096)] if big else [(256, 256, 256)],
+                                   (32, 128) if big else (32,)),
         "block": lambda: (bench_block(device, [1024, 2048] if big else [256], "gpt2",
                                       *((4, 2048) if big else (2, 128)))
                           + bench_block(device, [1024, 2048] if big else [256], "llama",

@@ -37,15 +37,15 @@ stochastic rounding by default (switchable). Arithmetic is fp32 on the dequantiz
 SwiGLU outputs carry the large sparse outliers that Fallback Quantization (Zhang et al. 2025,
 arXiv 2503.08040) targets; the fallback plane is added by fallback.py, not here.
 
-Everything here is a reference in plain torch; CUDA kernels plug in under the public names
-(`gelu_fwd`, ...) later.
+The references here are plain torch; the public names (`gelu_fwd`, ...) run the CUDA kernels
+of int8_gelu_cuda.py on CUDA tensors.
 """
 import math
 
 import torch
 
 from fallback import quantize_out
-from quantize import QTensor, check_finite, check_float, dequantize, quantize
+from quantize import QTensor, check_finite, check_float, dequantize, on_cuda, quantize
 
 GELU_K = math.sqrt(2.0 / math.pi)
 GELU_C = 0.044715
@@ -151,20 +151,43 @@ def swiglu_bwd_ref(dg, h_q, stochastic=True, generator=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# public API: the CUDA kernels plug in under these names
+# public API: CUDA tensors go to int8_gelu_cuda.py (the plain case: no fallback plane, an int8
+# gradient), everything else to the reference
+
+def _plain_cuda(*ts):
+    return (all(isinstance(t, QTensor) and not t.has_fallback for t in ts)
+            and on_cuda(*(t.q for t in ts)))
+
 
 def gelu_fwd(h_q, fallback=None):
     """fallback=(rule, threshold) gives the output's outlier blocks a second plane."""
+    _check_q(h_q)
+    if fallback is None and _plain_cuda(h_q):
+        from int8_gelu_cuda import gelu_fwd_cuda
+        return gelu_fwd_cuda(h_q)
     return gelu_fwd_ref(h_q, fallback)
 
 
 def gelu_bwd(dg, h_q, stochastic=True, generator=None):
+    _check_q(h_q)
+    if _plain_cuda(dg, h_q) and dg.shape == h_q.shape and dg.qblock == h_q.qblock:
+        from int8_gelu_cuda import gelu_bwd_cuda
+        return gelu_bwd_cuda(dg, h_q, stochastic, generator)
     return gelu_bwd_ref(dg, h_q, stochastic, generator)
 
 
 def swiglu_fwd(h_q, fallback=None):
+    _swiglu_split(h_q)
+    if fallback is None and _plain_cuda(h_q):
+        from int8_gelu_cuda import swiglu_fwd_cuda
+        return swiglu_fwd_cuda(h_q)
     return swiglu_fwd_ref(h_q, fallback)
 
 
 def swiglu_bwd(dg, h_q, stochastic=True, generator=None):
+    H = _swiglu_split(h_q)
+    if (_plain_cuda(dg, h_q) and dg.shape == h_q.shape[:-1] + (H,)
+            and dg.qblock == h_q.qblock):
+        from int8_gelu_cuda import swiglu_bwd_cuda
+        return swiglu_bwd_cuda(dg, h_q, stochastic, generator)
     return swiglu_bwd_ref(dg, h_q, stochastic, generator)

@@ -36,15 +36,15 @@ variance, so their blocks are well conditioned: rounding costs ~0.8% of the rms 
 Recovering xhat from the saved y_q would be cheaper still, but it divides by w, which is
 ill-conditioned wherever a weight drifts near zero. rstd is one fp32 per row: negligible.
 
-Everything here is a reference in plain torch; CUDA kernels plug in under the public names
-(`layernorm_fwd`, ...) later.
+The references here are plain torch; the public names (`layernorm_fwd`, ...) run the CUDA
+kernels of int8_norm_cuda.py on CUDA tensors.
 """
 import torch
 import torch.nn as nn
 
 from fallback import quantize_out
 from quantize import (QTensor, as_2d, check_finite, check_float, check_qblock, dequantize,
-                      quantize)
+                      on_cuda, quantize)
 
 # ---------------------------------------------------------------------------------------------
 # input checks
@@ -153,22 +153,64 @@ def rmsnorm_bwd_ref(dy, xhat_q, rstd, weight):
 
 
 # ---------------------------------------------------------------------------------------------
-# public API: the CUDA kernels plug in under these names
+# public API: CUDA tensors go to int8_norm_cuda.py (the plain case), everything else to the
+# reference. The CUDA path skips the host-side NaN/Inf check (a sync per call; the kernel
+# flags non-finite values itself, see quantize_cuda.py) and the fallback plane (a later issue).
+
+def _fwd_on_cuda(x, weight, bias, qblock, fallback):
+    if fallback is not None or not isinstance(x, torch.Tensor) or x.dim() < 2:
+        return False
+    params = (weight,) if bias is None else (weight, bias)
+    if not on_cuda(x, *params) or any(p.shape != (x.shape[-1],) for p in params):
+        return False
+    from int8_norm_cuda import fwd_config
+    return fwd_config(x.shape[-1], qblock) is not None
+
+
+def _norm_fwd(x, weight, bias, qblock, eps, layernorm):
+    check_qblock(qblock)
+    check_float(x, "x")
+    from int8_norm_cuda import norm_fwd_cuda
+    return norm_fwd_cuda(x.float().contiguous(), weight.float().contiguous(),
+                         None if bias is None else bias.float().contiguous(), qblock, eps,
+                         layernorm)
+
+
+def _bwd_on_cuda(dy, xhat_q, rstd, weight):
+    return (isinstance(dy, QTensor) and isinstance(xhat_q, QTensor) and not dy.has_fallback
+            and dy.q.shape == xhat_q.q.shape and isinstance(rstd, torch.Tensor)
+            and rstd.shape == (xhat_q.rows,) and on_cuda(dy.q, xhat_q.q, rstd, weight))
+
+
+def _norm_bwd(dy, xhat_q, rstd, weight, layernorm):
+    from int8_norm_cuda import norm_bwd_cuda
+    return norm_bwd_cuda(dy, xhat_q, rstd.float().contiguous(), weight.float().contiguous(),
+                         layernorm)
+
 
 def layernorm_fwd(x, weight, bias, qblock=32, eps=1e-5, fallback=None):
     """fallback=(rule, threshold) gives y_q's outlier blocks a second plane (fallback.py)."""
+    if _fwd_on_cuda(x, weight, bias, qblock, fallback):
+        return _norm_fwd(x, weight, bias, qblock, eps, layernorm=True)
     return layernorm_fwd_ref(x, weight, bias, qblock, eps, fallback)
 
 
 def layernorm_bwd(dy, xhat_q, rstd, weight, has_bias=True):
+    if _bwd_on_cuda(dy, xhat_q, rstd, weight):
+        dx, dweight, dbias = _norm_bwd(dy, xhat_q, rstd, weight, layernorm=True)
+        return dx, dweight, dbias if has_bias else None
     return layernorm_bwd_ref(dy, xhat_q, rstd, weight, has_bias)
 
 
 def rmsnorm_fwd(x, weight, qblock=32, eps=1e-6, fallback=None):
+    if _fwd_on_cuda(x, weight, None, qblock, fallback):
+        return _norm_fwd(x, weight, None, qblock, eps, layernorm=False)
     return rmsnorm_fwd_ref(x, weight, qblock, eps, fallback)
 
 
 def rmsnorm_bwd(dy, xhat_q, rstd, weight):
+    if _bwd_on_cuda(dy, xhat_q, rstd, weight):
+        return _norm_bwd(dy, xhat_q, rstd, weight, layernorm=False)[:2]
     return rmsnorm_bwd_ref(dy, xhat_q, rstd, weight)
 
 

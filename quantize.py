@@ -24,7 +24,8 @@ unbiased stochastic rounding for gradients: q = sign(x) * floor(|x| * 127/absmax
 u ~ U[0, 1), so E[q * s] = x exactly.
 
 The exact fp32 arithmetic (a CUDA kernel that follows it is bit exact for RTN):
-    inv = 127 / absmax            (fp32 division, correctly rounded)
+    inv = (1 / absmax) * 127      (torch evaluates `127 / amax` as reciprocal, then multiply:
+                                   two fp32 roundings, not one correctly rounded division)
     q   = clamp(round(x * inv), -127, 127)
     s   = absmax / 127            (fp32 division, correctly rounded)
 
@@ -216,7 +217,7 @@ def fallback_plane(t):
     return q2.float() * expand_blocks(s2, t.qblock)
 
 
-def transpose(t):
+def transpose_ref(t):
     """Transpose of the 2-D view: byte-transposed data, transposed scale grid."""
     shape = torch.Size((t.cols, t.rows))
     out = QTensor(t.q.t().contiguous(), t.s.t().contiguous(), shape, t.qblock)
@@ -228,20 +229,45 @@ def transpose(t):
 
 
 # ---------------------------------------------------------------------------------------------
-# public API: the CUDA kernels (issue: memory-bound kernels) plug in under these names
+# public API: CUDA tensors go to the kernels of quantize_cuda.py, everything else to the reference
 
-def quantize(x, qblock=32, stochastic=False, generator=None):
+def on_cuda(*tensors):
+    """True when every tensor given is on a CUDA device and our CuPy kernels can run there."""
+    return all(t.is_cuda for t in tensors) and _cuda_ok()
+
+
+def quantize(x, qblock=32, stochastic=False, generator=None, with_t=False):
     """Quantize a float tensor (any rank >= 1) into QB x QB int8 blocks.
 
     stochastic=False: round to nearest even (forward activations, weights).
     stochastic=True:  unbiased stochastic rounding (gradients).
+    with_t=True:      return (t, t.t()): on CUDA both come from one read of x (for the tensors
+                      the backward GEMMs consume transposed).
     """
-    return quantize_ref(x, qblock, stochastic, generator)
+    check_qblock(qblock)
+    check_float(x)
+    if on_cuda(x):
+        from quantize_cuda import quantize_cuda
+        x = x if x.dtype in (torch.float32, torch.bfloat16) else x.float()
+        return quantize_cuda(x.contiguous(), qblock, stochastic, generator, with_t)
+    t = quantize_ref(x, qblock, stochastic, generator)
+    return (t, transpose_ref(t)) if with_t else t
 
 
 def dequantize(t):
     """QTensor -> fp32 tensor of the logical shape (the fallback plane included, if any)."""
+    if on_cuda(t.q, t.s) and not t.has_fallback and t.q.is_contiguous() and t.s.is_contiguous():
+        from quantize_cuda import dequantize_cuda
+        return dequantize_cuda(t)
     return dequantize_ref(t)
+
+
+def transpose(t):
+    """Transpose of the 2-D view, without requantizing (the fallback plane goes along)."""
+    if on_cuda(t.q, t.s) and t.q.is_contiguous() and t.s.is_contiguous():
+        from quantize_cuda import transpose_cuda
+        return transpose_cuda(t)
+    return transpose_ref(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +282,11 @@ def cuda_available():
     except ImportError:
         return False
     return True
+
+
+@lru_cache(maxsize=None)
+def _cuda_ok():
+    return cuda_available()
 
 
 @lru_cache(maxsize=None)
@@ -284,15 +315,21 @@ def get_kernel(source, name, defines=(), device=None):
     return _compile(source, name, options, device_index)
 
 
+@lru_cache(maxsize=64)
+def _cupy_stream(handle, device_index):
+    """CuPy's view of a torch stream, made once per stream (making one costs ~10 us)."""
+    import cupy
+    return cupy.cuda.ExternalStream(handle, device_index)
+
+
 def launch(kernel, grid, block, args, shared_mem=0):
     """Launch a CuPy RawKernel on torch's current stream (so ordering with torch ops holds).
 
     Tensors in args are passed as raw device pointers; give scalars as exact C types
     (np.int32, np.float32: a Python float would be a C double).
     """
-    import cupy
     import numpy as np
     stream = torch.cuda.current_stream()
     c_args = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
-    with cupy.cuda.ExternalStream(stream.cuda_stream, stream.device_index):
+    with _cupy_stream(stream.cuda_stream, stream.device_index):
         kernel(grid, block, c_args, shared_mem=shared_mem)

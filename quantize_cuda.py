@@ -1,0 +1,466 @@
+"""
+CUDA kernels (CuPy RawKernels) for the block format: quantize, dequantize, transpose.
+
+The contract is quantize.py's reference; this file only makes it fast on CUDA tensors. Every
+kernel here is memory bound, so the whole design is about bytes:
+
+    quantize     x (rows, C) fp32|bf16 -> q (Rp, Cp) int8 + s (Rp/QB, Cp/QB) fp32
+                 [+ the transposed copy qT (Cp, Rp) int8 + sT, from the same read]
+    dequantize   q + s -> x (rows, C) fp32
+    transpose    q (Rp, Cp) + s -> qT (Cp, Rp) + sT  (bytes only, no requantization)
+
+Thread layout (shared by every block-local kernel of the project, int8_gelu_cuda.py too): one
+QB x QB block belongs to a group of G = QB*QB/32 threads (one warp for QB = 32). A thread owns
+two *units* of 16 consecutive columns (16 int8 = one 16-byte access), in rows t/TPR and
+t/TPR + QB/2 of the block, TPR = QB/16 threads per row. So each thread holds 32 values, issues
+all its loads before the first use, and the block absmax is a warp shuffle reduction (plus a
+shared-memory step across the group's warps when QB > 32). QB = 32 CTAs hold 4 groups.
+
+Arithmetic, bit exact with quantize_ref for round to nearest. Note that torch evaluates the
+reference's `127 / amax` (a scalar over a tensor) as reciprocal-then-multiply, two roundings,
+and a correctly rounded division differs from it in ~1e-3 of the blocks' inv; on bf16 inputs,
+whose values often sit at exact halves of a block's absmax, that moves ~1 value in 2000:
+    inv = __fmul_rn(__frcp_rn(absmax), 127)   q = rint(clamp(__fmul_rn(x, inv), -127, 127))
+    s   = __fdiv_rn(absmax, 127)
+rint is the 1.5*2^23 trick (one FADD, ties to even; its low byte is q in two's complement) and
+int8 -> fp32 puts the byte into the mantissa of 2^23 (PRMT + FADD): both exact, and neither
+uses the quarter-rate conversion unit, which would otherwise cap the int8-in kernels.
+
+Stochastic rounding: q = sign(y) floor(|y| + u), u ~ U[0,1) from a counter-based hash of
+(element, seed); the 64-bit seed is drawn per call from torch's CPU generator (or the one
+given), so torch.manual_seed makes a run reproducible and each call, block and element gets
+its own u. floor is __fadd_rd(t, 2^23), exact for 0 <= t < 2^23.
+
+NaN/Inf: checking on the host (torch.isfinite(x).all()) would read the tensor again and force
+a host sync on every call. Instead the kernel folds non-finite values into the block absmax
+as +inf, writes that block's scale as NaN (so the NaN propagates downstream exactly as it
+would in float training and shows in the loss) and sets a device flag. check_nonfinite()
+reads the flag (one sync) and raises; with STRICT = True (env INT8_STRICT=1, the GPU tests)
+every launcher calls it, so bad input raises at the call that saw it.
+"""
+import os
+
+import numpy as np
+import torch
+
+from quantize import QTensor, get_kernel, launch, pad_to
+
+STRICT = os.environ.get("INT8_STRICT", "0") == "1"
+
+# ---------------------------------------------------------------------------------------------
+# device code shared by all block-local kernels (prepended to each source)
+
+COMMON = r"""
+// QB (the block edge: 32, 64 or 128) comes in as -DQB=...
+#define TPR (QB / 16)                 // threads per block row, each owning 16 columns
+#define G (QB * QB / 32)              // threads per block: 2 units of 16 values each
+#define HALF (QB / 2)                 // rows between a thread's two units
+#define GPC (QB == 32 ? 4 : 1)        // groups (blocks) per CTA: 128, 128, 512 threads
+#define NT (GPC * G)
+#define FLT_BIG 3.402823466e38f
+typedef unsigned int u32;
+typedef signed char i8;
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// max over the G threads of one block; every thread of the CTA must call it (red: NT/32 floats)
+__device__ __forceinline__ float group_max(float v, float* red) {
+    v = warp_max(v);
+#if QB > 32
+    const int warp = threadIdx.x >> 5, first = warp / (G / 32) * (G / 32);
+    __syncthreads();                              // red may still be read by a previous call
+    if ((threadIdx.x & 31) == 0) red[warp] = v;
+    __syncthreads();
+    v = red[first];
+    for (int k = 1; k < G / 32; ++k) v = fmaxf(v, red[first + k]);
+#endif
+    return v;
+}
+
+// |v| for the absmax, with NaN and Inf mapped to +inf (fmaxf would silently drop a NaN)
+__device__ __forceinline__ float abs_or_inf(float v) {
+    float a = fabsf(v);
+    return a <= FLT_BIG ? a : __int_as_float(0x7f800000);
+}
+
+// 16 int8 (one uint4) -> 16 exact floats: byte + 128 into the mantissa of 2^23, minus 2^23+128
+__device__ __forceinline__ void unpack16(uint4 p, float v[16]) {
+    const u32 w[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const u32 o = w[i] ^ 0x80808080u;
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+            v[4 * i + k] = __int_as_float(__byte_perm(o, 0x4B000000u, 0x7540u | k)) - 8388736.0f;
+    }
+}
+
+// round half to even of y clamped to [-127, 127]; the low byte of the result is q
+__device__ __forceinline__ u32 rtn_byte(float y) {
+    y = fminf(fmaxf(y, -127.0f), 127.0f);
+    return __float_as_uint(__fadd_rn(y, 12582912.0f));          // 1.5 * 2^23
+}
+
+// sign(y) * min(floor(|y| + u), 127), as quantize_ref computes it; the low byte is q
+__device__ __forceinline__ u32 sr_byte(float y, float u) {
+    const float t = __fadd_rn(fminf(fabsf(y), 127.0f), u);
+    u32 m = __float_as_uint(__fadd_rd(t, 8388608.0f)) - 0x4B000000u;   // floor(t)
+    m = min(m, 127u);
+    return y < 0.0f ? 0u - m : m;
+}
+
+__device__ __forceinline__ u32 pack4(u32 a, u32 b, u32 c, u32 d) {
+    return __byte_perm(__byte_perm(a, b, 0x0040u), __byte_perm(c, d, 0x0040u), 0x5410u);
+}
+
+// counter-based RNG: a bijective 32-bit mix (Wellons' lowbias32)
+__device__ __forceinline__ u32 hash32(u32 x) {
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    return x;
+}
+__device__ __forceinline__ u32 unit_key(u32 unit, u32 seed_lo, u32 seed_hi) {
+    return hash32(hash32(unit ^ seed_lo) + seed_hi);
+}
+__device__ __forceinline__ float uniform(u32 key, int k) {         // [0, 1), 23 random bits
+    return __uint_as_float(0x3f800000u | (hash32(key + k * 0x9E3779B9u) >> 9)) - 1.0f;
+}
+
+// 16 values * inv -> 16 int8 (round to nearest, or stochastic with the unit's key)
+__device__ __forceinline__ uint4 quant16(const float v[16], float inv, bool sr, u32 key) {
+    u32 b[16];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+        const float y = __fmul_rn(v[k], inv);
+        b[k] = sr ? sr_byte(y, uniform(key, k)) : rtn_byte(y);
+    }
+    return make_uint4(pack4(b[0], b[1], b[2], b[3]), pack4(b[4], b[5], b[6], b[7]),
+                      pack4(b[8], b[9], b[10], b[11]), pack4(b[12], b[13], b[14], b[15]));
+}
+
+// the block's (inv, s) from its absmax; +inf (a NaN/Inf inside) gives q = 0, s = NaN, flag set
+__device__ __forceinline__ float block_scale(float amax, float* inv, int* flag, bool leader) {
+    if (amax > FLT_BIG) {
+        if (leader) atomicOr(flag, 1);
+        *inv = 0.0f;
+        return __int_as_float(0x7fffffff);
+    }
+    // the reference's torch.div(127, amax) is reciprocal-then-multiply: two roundings
+    *inv = amax > 0.0f ? __fmul_rn(__frcp_rn(fmaxf(amax, 1e-38f)), 127.0f) : 0.0f;
+    return __fdiv_rn(amax, 127.0f);
+}
+"""
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+
+QUANTIZE_SRC = COMMON + r"""
+// X_BF16: x is bf16 (else fp32); VEC: C is a multiple of the 16-byte vector (aligned rows);
+// SR: stochastic rounding; TRANS: also write the transposed copy qT, sT.
+#if X_BF16
+typedef unsigned short xt;
+#define VW 8
+#else
+typedef float xt;
+#define VW 4
+#endif
+
+// 16 consecutive values of row r from column c, as fp32; zero outside (rows, C)
+__device__ __forceinline__ void load16(const xt* x, int r, int c, int rows, int C, float v[16]) {
+    const xt* p = x + (long long)r * C + c;
+    if (VEC && r < rows && c + 16 <= C) {
+#if X_BF16
+        const uint4 a = __ldcs((const uint4*)p), b = __ldcs((const uint4*)p + 1);
+        const u32 w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            v[2 * i] = __uint_as_float(w[i] << 16);
+            v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+#else
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float4 f = __ldcs((const float4*)p + i);
+            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+        }
+#endif
+    } else {
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+#if X_BF16
+            v[k] = (r < rows && c + k < C) ? __uint_as_float((u32)p[k] << 16) : 0.0f;
+#else
+            v[k] = (r < rows && c + k < C) ? p[k] : 0.0f;
+#endif
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NT)
+quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
+                i8* __restrict__ q, float* __restrict__ s,
+                i8* __restrict__ qt, float* __restrict__ st,
+                u32 seed_lo, u32 seed_hi, int* flag) {
+    __shared__ float red[NT / 32];
+#if TRANS
+    __shared__ __align__(16) u32 tile[GPC][QB][QB / 4 + 1];      // +1 word: fewer bank conflicts
+#endif
+    const int g = threadIdx.x / G, t = threadIdx.x % G;
+    const long long b = (long long)blockIdx.x * GPC + g;         // this group's block
+    const bool live = b < (long long)Rb * Cb;
+    const int bi = live ? (int)(b / Cb) : 0, bj = live ? (int)(b % Cb) : 0;
+    const int rr = t / TPR, cc = (t % TPR) * 16;                 // unit 0 inside the block
+    const int Cp = Cb * QB;
+
+    float v[2][16];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+        load16(x, live ? bi * QB + rr + i * HALF : rows, bj * QB + cc, rows, C, v[i]);
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int k = 0; k < 16; ++k) amax = fmaxf(amax, abs_or_inf(v[i][k]));
+    amax = group_max(amax, red);
+    float inv;
+    const float sc = block_scale(amax, &inv, flag, live && t == 0);
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = bi * QB + rr + i * HALF, c = bj * QB + cc;
+        const u32 key = SR ? unit_key((u32)((long long)r * (Cp / 16) + c / 16), seed_lo, seed_hi) : 0u;
+        const uint4 p = quant16(v[i], inv, SR, key);
+        if (live) *(uint4*)(q + (long long)r * Cp + c) = p;
+#if TRANS
+        u32* row = &tile[g][rr + i * HALF][cc / 4];
+        row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
+#endif
+    }
+    if (live && t == 0) s[(long long)bi * Cb + bj] = sc;
+#if TRANS
+    const int Rp = Rb * QB;
+    __syncthreads();
+    const unsigned char* tb = (const unsigned char*)&tile[g][0][0];
+    const int stride = 4 * (QB / 4 + 1);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int col = rr + i * HALF;                           // a column of the block ...
+        u32 w[4];                                                // ... read down 16 of its rows
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+            w[m] = pack4(tb[(cc + 4 * m) * stride + col], tb[(cc + 4 * m + 1) * stride + col],
+                         tb[(cc + 4 * m + 2) * stride + col], tb[(cc + 4 * m + 3) * stride + col]);
+        if (live) *(uint4*)(qt + (long long)(bj * QB + col) * Rp + bi * QB + cc) =
+            make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    if (live && t == 0) st[(long long)bj * Rb + bi] = sc;
+#endif
+}
+"""
+
+DEQUANTIZE_SRC = COMMON + r"""
+// q (Rp, Cp) int8 * s -> x (rows, C) fp32, padding dropped; VEC: C % 4 == 0 (aligned rows)
+extern "C" __global__ void __launch_bounds__(NT)
+dequantize_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Rb, int Cb,
+                  float* __restrict__ x, int rows, int C) {
+    const int g = threadIdx.x / G, t = threadIdx.x % G;
+    const long long b = (long long)blockIdx.x * GPC + g;
+    if (b >= (long long)Rb * Cb) return;                         // no barrier below
+    const int bi = (int)(b / Cb), bj = (int)(b % Cb);
+    const int Cp = Cb * QB, c = bj * QB + (t % TPR) * 16;
+    const float sc = s[b];
+    uint4 p[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+        p[i] = __ldcs((const uint4*)(q + (long long)(bi * QB + t / TPR + i * HALF) * Cp + c));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = bi * QB + t / TPR + i * HALF;
+        if (r >= rows) continue;
+        float v[16];
+        unpack16(p[i], v);
+        float* out = x + (long long)r * C + c;
+        if (VEC && c + 16 <= C) {
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                __stcs((float4*)out + m, make_float4(__fmul_rn(v[4 * m], sc), __fmul_rn(v[4 * m + 1], sc),
+                                                    __fmul_rn(v[4 * m + 2], sc), __fmul_rn(v[4 * m + 3], sc)));
+        } else {
+#pragma unroll
+            for (int k = 0; k < 16; ++k)
+                if (c + k < C) out[k] = __fmul_rn(v[k], sc);
+        }
+    }
+}
+"""
+
+TRANSPOSE_SRC = COMMON + r"""
+// q (Rp, Cp) -> qT (Cp, Rp): each block is byte-transposed through shared memory
+extern "C" __global__ void __launch_bounds__(NT)
+transpose_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Rb, int Cb,
+                 i8* __restrict__ qt, float* __restrict__ st) {
+    __shared__ __align__(16) u32 tile[GPC][QB][QB / 4 + 1];
+    const int g = threadIdx.x / G, t = threadIdx.x % G;
+    const long long b = (long long)blockIdx.x * GPC + g;
+    const bool live = b < (long long)Rb * Cb;
+    const int bi = live ? (int)(b / Cb) : 0, bj = live ? (int)(b % Cb) : 0;
+    const int rr = t / TPR, cc = (t % TPR) * 16, Cp = Cb * QB, Rp = Rb * QB;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const uint4 p = live ? __ldcs((const uint4*)(q + (long long)(bi * QB + rr + i * HALF) * Cp
+                                                     + bj * QB + cc)) : make_uint4(0, 0, 0, 0);
+        u32* row = &tile[g][rr + i * HALF][cc / 4];
+        row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
+    }
+    __syncthreads();
+    const unsigned char* tb = (const unsigned char*)&tile[g][0][0];
+    const int stride = 4 * (QB / 4 + 1);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int col = rr + i * HALF;
+        u32 w[4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+            w[m] = pack4(tb[(cc + 4 * m) * stride + col], tb[(cc + 4 * m + 1) * stride + col],
+                         tb[(cc + 4 * m + 2) * stride + col], tb[(cc + 4 * m + 3) * stride + col]);
+        if (live) *(uint4*)(qt + (long long)(bj * QB + col) * Rp + bi * QB + cc) =
+            make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    if (live && t == 0) st[(long long)bj * Rb + bi] = s[b];
+}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# launch helpers shared by the kernel files
+
+def threads(qblock):
+    """CTA size of the block-local kernels (the NT of COMMON)."""
+    G = qblock * qblock // 32
+    return (4 if qblock == 32 else 1) * G
+
+
+def block_grid(n_blocks, qblock):
+    """CTAs for n_blocks blocks, one group of G threads per block."""
+    per_cta = 4 if qblock == 32 else 1
+    return ((n_blocks + per_cta - 1) // per_cta,)
+
+
+_flags = {}
+
+
+def nonfinite_flag(device):
+    """The device int32 that kernels set when they meet a NaN/Inf (one per device)."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _flags:
+        _flags[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _flags[key]
+
+
+def check_nonfinite(device=None, what="input"):
+    """Raise if any kernel on `device` has met a NaN/Inf since the last check (one host sync)."""
+    flag = nonfinite_flag(device or torch.device("cuda"))
+    if flag.item():
+        flag.zero_()
+        raise ValueError(f"{what} contains NaN or Inf; int8 blocks cannot represent them "
+                         f"(a diverging run? lower the learning rate). The blocks that held them "
+                         f"have NaN scales.")
+
+
+def after_launch(device, what):
+    if STRICT:
+        check_nonfinite(device, what)
+
+
+def draw_seed(generator=None):
+    """Two uint32 seeds from torch's RNG (the CPU default generator: no device sync)."""
+    if generator is None:
+        lo, hi = torch.randint(0, 2**31 - 1, (2,)).tolist()
+    else:
+        lo, hi = torch.randint(0, 2**31 - 1, (2,), generator=generator,
+                               device=generator.device).tolist()
+    return np.uint32(lo), np.uint32(hi)
+
+
+def check_cuda(x, name, dtypes):
+    assert isinstance(x, torch.Tensor), f"{name} must be a torch.Tensor, got {type(x).__name__}"
+    assert x.is_cuda, f"{name} is on {x.device}; the CUDA launchers take CUDA tensors only"
+    assert x.dtype in dtypes, f"{name} must be one of {dtypes}, got {x.dtype}"
+    assert x.is_contiguous(), f"{name} must be contiguous (got strides {x.stride()})"
+
+
+def check_qtensor(t, name):
+    assert isinstance(t, QTensor), f"{name} must be a QTensor, got {type(t).__name__}"
+    check_cuda(t.q, f"{name}.q", (torch.int8,))
+    check_cuda(t.s, f"{name}.s", (torch.float32,))
+    QB = t.qblock
+    assert t.q.shape[0] % QB == 0 and t.q.shape[1] % QB == 0, \
+        f"{name}.q has shape {tuple(t.q.shape)}, not padded to multiples of {QB}"
+    assert t.s.shape == (t.q.shape[0] // QB, t.q.shape[1] // QB), \
+        f"{name}.s has shape {tuple(t.s.shape)}, expected one scale per block of q"
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+
+def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False):
+    """x (..., C) fp32/bf16 CUDA, contiguous -> QTensor (and its transpose if with_t)."""
+    check_cuda(x, "x", (torch.float32, torch.bfloat16))
+    assert x.dim() >= 1 and x.numel() > 0, f"x must be non-empty, got shape {tuple(x.shape)}"
+    C = x.shape[-1]
+    rows = x.numel() // C
+    Rp, Cp = pad_to(rows, qblock), pad_to(C, qblock)
+    Rb, Cb = Rp // qblock, Cp // qblock
+    bf16 = x.dtype == torch.bfloat16
+    vec = C % (8 if bf16 else 4) == 0 and x.data_ptr() % 16 == 0
+    q = torch.empty(Rp, Cp, dtype=torch.int8, device=x.device)
+    s = torch.empty(Rb, Cb, dtype=torch.float32, device=x.device)
+    qt = torch.empty(Cp, Rp, dtype=torch.int8, device=x.device) if with_t else q
+    st = torch.empty(Cb, Rb, dtype=torch.float32, device=x.device) if with_t else s
+    seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
+    kernel = get_kernel(QUANTIZE_SRC, "quantize_kernel",
+                        (f"QB={qblock}", f"X_BF16={int(bf16)}", f"VEC={int(vec)}",
+                         f"SR={int(stochastic)}", f"TRANS={int(with_t)}"), x.device)
+    launch(kernel, block_grid(Rb * Cb, qblock), (threads(qblock),),
+           (x, np.int32(rows), np.int32(C), np.int32(Rb), np.int32(Cb), q, s, qt, st,
+            *seed, nonfinite_flag(x.device)))
+    after_launch(x.device, "x")
+    t = QTensor(q, s, x.shape, qblock)
+    if not with_t:
+        return t
+    return t, QTensor(qt, st, torch.Size((C, rows)), qblock)
+
+
+def dequantize_cuda(t):
+    """QTensor (no fallback plane) -> fp32 tensor of the logical shape."""
+    check_qtensor(t, "t")
+    assert not t.has_fallback, "dequantize_cuda takes plain QTensors (no fallback plane)"
+    QB = t.qblock
+    Rb, Cb = t.s.shape
+    rows, C = t.rows, t.cols
+    x = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+    kernel = get_kernel(DEQUANTIZE_SRC, "dequantize_kernel",
+                        (f"QB={QB}", f"VEC={int(C % 4 == 0)}"), t.device)
+    launch(kernel, block_grid(Rb * Cb, QB), (threads(QB),),
+           (t.q, t.s, np.int32(Rb), np.int32(Cb), x, np.int32(rows), np.int32(C)))
+    return x
+
+
+def transpose_cuda(t):
+    """QTensor -> its transpose (bytes and scale grid; the fallback plane, if any, by torch)."""
+    check_qtensor(t, "t")
+    QB = t.qblock
+    Rb, Cb = t.s.shape
+    qt = torch.empty(Cb * QB, Rb * QB, dtype=torch.int8, device=t.device)
+    st = torch.empty(Cb, Rb, dtype=torch.float32, device=t.device)
+    kernel = get_kernel(TRANSPOSE_SRC, "transpose_kernel", (f"QB={QB}",), t.device)
+    launch(kernel, block_grid(Rb * Cb, QB), (threads(QB),),
+           (t.q, t.s, np.int32(Rb), np.int32(Cb), qt, st))
+    out = QTensor(qt, st, torch.Size((t.cols, t.rows)), QB)
+    if t.has_fallback:
+        out.slot = t.slot.t().contiguous()
+        out.q2 = t.q2.transpose(1, 2).contiguous()
+        out.s2 = t.s2
+    return out

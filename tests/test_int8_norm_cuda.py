@@ -1,0 +1,144 @@
+"""The CUDA kernels of int8_norm_cuda.py against the references of int8_norm.py (GPU only).
+
+Tolerances: the kernels sum rows in another order than torch, so mean and rstd differ by an ulp
+or so (rstd: rtol 1e-5), and an int8 value may differ by one level where y or xhat sits within a
+few ulp of a rounding boundary: |dq| <= 1 on at most 0.1% of the values, scales within 1e-5.
+Backward: dx, dweight, dbias against the same formula in float64 on the same int8 inputs, to
+fp32 accuracy (relative error of the norm <= 1e-5).
+"""
+import pytest
+import torch
+
+import quantize_cuda
+from int8_norm import (layernorm_bwd, layernorm_bwd_ref, layernorm_fwd, layernorm_fwd_ref,
+                       rmsnorm_bwd, rmsnorm_bwd_ref, rmsnorm_fwd, rmsnorm_fwd_ref)
+from int8_norm_cuda import fwd_config, norm_bwd_cuda, norm_fwd_cuda
+from quantize import QTensor, quantize
+
+pytestmark = pytest.mark.gpu
+
+CASES = ["randn", "outlier", "zero"]
+SHAPES = [(1, 48), (3, 37, 70), (64, 96), (33, 2048), (100, 4096), (257, 1000)]
+
+
+def poison(byte):
+    torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda").fill_(byte)
+    torch.cuda.synchronize()
+
+
+def cpu(t):
+    return QTensor(t.q.cpu(), t.s.cpu(), t.shape, t.qblock)
+
+
+def make_x(shape, qblock, case):
+    x = torch.randn(shape, device="cuda") * 2 + 0.5
+    x2 = x.view(-1, shape[-1])
+    if case == "outlier":
+        x2[:qblock, :qblock] *= 1e3
+    elif case == "zero":
+        x2[:qblock] = 0                              # whole rows of zeros: rstd = 1/sqrt(eps)
+    return x
+
+
+def make_params(C, bias=True):
+    w = torch.randn(C, device="cuda") * 0.5 + 1
+    return w, (torch.randn(C, device="cuda") * 0.1 if bias else None)
+
+
+def assert_close_q(t, ref):
+    assert t.shape == ref.shape and t.q.shape == ref.q.shape and t.s.shape == ref.s.shape
+    torch.testing.assert_close(t.s.cpu(), ref.s, rtol=1e-5, atol=1e-30)
+    dq = (t.q.cpu().int() - ref.q.int()).abs()
+    assert dq.max() <= 1 and dq.float().mean() <= 1e-3, \
+        f"{(dq > 0).sum()} of {dq.numel()} int8 values differ (max {dq.max()})"
+
+
+def rel(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_norm_fwd_bwd(shape, qblock, case, rms):
+    if fwd_config(shape[-1], qblock) is None:
+        pytest.skip(f"C = {shape[-1]} is wider than the kernel takes at qblock {qblock}")
+    torch.manual_seed(0)
+    C = shape[-1]
+    x = make_x(shape, qblock, case)
+    w, b = make_params(C, bias=not rms)
+    poison(0x55)
+    y_q, xhat_q, rstd = norm_fwd_cuda(x, w, b, qblock, 1e-6 if rms else 1e-5, not rms)
+    if rms:
+        ry, rx, rr = rmsnorm_fwd_ref(x.cpu(), w.cpu(), qblock)
+    else:
+        ry, rx, rr = layernorm_fwd_ref(x.cpu(), w.cpu(), b.cpu(), qblock)
+    torch.testing.assert_close(rstd.cpu(), rr, rtol=1e-5, atol=0)
+    assert_close_q(y_q, ry)
+    assert_close_q(xhat_q, rx)
+
+    dy = torch.randn(shape, device="cuda")
+    if case == "outlier":
+        dy.view(-1, C)[-qblock:, -qblock:] *= 1e3
+    dy_q = quantize(dy, qblock, stochastic=True)
+    poison(0xFF)
+    dx, dw, db = norm_bwd_cuda(dy_q, xhat_q, rstd, w, not rms)
+    if rms:
+        (rdx, rdw), rdb = rmsnorm_bwd_ref(cpu(dy_q), cpu(xhat_q), rstd.cpu(), w.cpu()), None
+    else:
+        rdx, rdw, rdb = layernorm_bwd_ref(cpu(dy_q), cpu(xhat_q), rstd.cpu(), w.cpu())
+    assert dx.shape == x.shape and dx.dtype == torch.float32 and dw.shape == (C,)
+    for name, got, ref in (("dx", dx, rdx), ("dweight", dw, rdw), ("dbias", db, rdb)):
+        if ref is not None:
+            assert torch.isfinite(got).all(), f"{name} has non-finite values (unwritten?)"
+            e = rel(got, ref)
+            assert e < 1e-5, f"{name}: ||err||/||ref|| = {e:.3e}"
+    assert (db is None) == rms
+
+
+def test_public_names_dispatch():
+    torch.manual_seed(1)
+    x = make_x((4, 64, 768), 32, "randn")
+    w, b = make_params(768)
+    y_q, xhat_q, rstd = layernorm_fwd(x, w, b)
+    assert_close_q(y_q, layernorm_fwd_ref(x.cpu(), w.cpu(), b.cpu())[0])
+    dy_q = quantize(torch.randn_like(x), stochastic=True)
+    dx, dw, db = layernorm_bwd(dy_q, xhat_q, rstd, w, has_bias=False)
+    assert db is None and rel(dw, layernorm_bwd_ref(cpu(dy_q), cpu(xhat_q), rstd.cpu(),
+                                                    w.cpu())[1]) < 1e-5
+    y_q, xhat_q, rstd = rmsnorm_fwd(x, w)
+    assert_close_q(y_q, rmsnorm_fwd_ref(x.cpu(), w.cpu())[0])
+    dx, dw = rmsnorm_bwd(dy_q, xhat_q, rstd, w)
+    assert rel(dx, rmsnorm_bwd_ref(cpu(dy_q), cpu(xhat_q), rstd.cpu(), w.cpu())[0]) < 1e-5
+    # too wide for the cluster kernel at qblock 128: the reference runs, on the GPU
+    wide = make_x((40, 4096), 128, "randn")
+    y_q, _, _ = rmsnorm_fwd(wide, torch.ones(4096, device="cuda"), qblock=128)
+    assert y_q.q.is_cuda
+
+
+def test_nonfinite_and_bad_input(monkeypatch):
+    x = make_x((64, 256), 32, "randn")
+    w, b = make_params(256)
+    quantize_cuda.nonfinite_flag(x.device).zero_()
+    x[5, 3] = float("nan")
+    y_q, _, _ = norm_fwd_cuda(x, w, b, 32, 1e-5, True)
+    assert torch.isnan(y_q.s[0]).all() and torch.isfinite(y_q.s[1]).all()
+    monkeypatch.setattr(quantize_cuda, "STRICT", True)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layernorm_fwd(x, w, b)
+    x[5, 3] = 0.0
+    with pytest.raises(AssertionError, match="CUDA tensors only"):
+        norm_fwd_cuda(x.cpu(), w, b, 32, 1e-5, True)
+    with pytest.raises(AssertionError, match="must be one of"):
+        norm_fwd_cuda(x.bfloat16(), w, b, 32, 1e-5, True)
+    with pytest.raises(AssertionError, match="contiguous"):
+        norm_fwd_cuda(x.t(), w, b, 32, 1e-5, True)
+    with pytest.raises(AssertionError, match="weight must have shape"):
+        norm_fwd_cuda(x, w[:100], b, 32, 1e-5, True)
+    _, xhat_q, rstd = norm_fwd_cuda(x, w, b, 32, 1e-5, True)
+    with pytest.raises(AssertionError, match="must match xhat_q"):
+        norm_bwd_cuda(quantize(torch.randn(64, 200, device="cuda")), xhat_q, rstd, w, True)
+    with pytest.raises(AssertionError, match="QTensor"):
+        norm_bwd_cuda(torch.randn(64, 256, device="cuda"), xhat_q, rstd, w, True)
