@@ -178,11 +178,15 @@ def bench_gemm(device, shapes, qblocks=(32, 128)):
     dW = dY^T X (fp32 out). Against cuBLAS bf16 (torch.matmul in the layer's own layout) and
     torch._int_mm (plain int8, no scales). Operands are made directly in the kernel's TN layout
     (QTensor.t() is not timed). rel_err: the first 256 rows of C (dequantized) against the
-    reference block-scaled product, checked before timing. % peak: of the ~1.3 POPS mma.sync
-    int8 ceiling of an H100."""
-    from int8_gemm import gemm_ref
+    reference block-scaled product, checked before timing. Each kernel gets its row: mma.sync
+    (% peak of its ~1.3 POPS ceiling) and, on sm_90, wgmma (% of ~2.0 POPS)."""
+    from int8_gemm import gemm_cuda, gemm_ref
     from quantize import QTensor
     cuda = device.type == "cuda"
+    kernels = [(None, 1300)]                          # CPU: the reference, through gemm()
+    if cuda:                                          # (kernel, its int8 ceiling in TOPS)
+        kernels = [("mma", 1300)] + ([("wgmma", 2000)] if
+                                     torch.cuda.get_device_capability(device) == (9, 0) else [])
 
     def time_ms(fn, reps=20):
         """Median over 5 runs of reps back-to-back calls (launch overhead amortised)."""
@@ -221,21 +225,24 @@ def bench_gemm(device, shapes, qblocks=(32, 128)):
                 t_int = time_ms(lambda: torch._int_mm(a8, b8.t())) if cuda else None
             except RuntimeError:
                 t_int = None
-            for QB in qblocks:
+            for QB, (kern, peak) in ((QB, kp) for QB in qblocks for kp in kernels):
                 ta, tb = quantize(a, QB), quantize(b, QB)
-                c = gemm(ta, tb, out=out)
+                run = ((lambda: gemm_cuda(ta, tb, out=out, kernel=kern)) if kern
+                       else (lambda: gemm(ta, tb, out=out)))
+                c = run()
                 r = min(m, 256)
                 head = QTensor(ta.q[:r], ta.s[:r // QB], torch.Size((r, k)), QB)
                 c_head = (c if out == "float" else dequantize(c))[:r]
                 err = rel_err(c_head, gemm_ref(head, tb))
                 if not err < 2e-2:
-                    raise AssertionError(f"gemm {name} {m}x{k}x{n} QB={QB}: rel err {err:.3g}")
-                t8 = time_ms(lambda: gemm(ta, tb, out=out))
+                    raise AssertionError(f"gemm {name} {m}x{k}x{n} QB={QB} {kern}: rel err {err:.3g}")
+                t8 = time_ms(run)
                 tops = 2 * m * n * k / (t8 * 1e-3) / 1e12
-                rows.append(dict(op=f"gemm {name}, {out} out", QB=QB, layer=f"{M}x{K}x{N}",
-                                 mkn=f"{m}x{k}x{n}", bf16_ms=t16, int_mm_ms=t_int, int8_ms=t8,
-                                 speedup=t16 / t8, vs_int_mm=t_int / t8 if t_int else None,
-                                 TOPS=tops, pct_peak=100 * tops / 1300, rel_err=err))
+                rows.append(dict(op=f"gemm {name}, {out} out", kernel=kern or "ref", QB=QB,
+                                 layer=f"{M}x{K}x{N}", mkn=f"{m}x{k}x{n}", bf16_ms=t16,
+                                 int_mm_ms=t_int, int8_ms=t8, speedup=t16 / t8,
+                                 vs_int_mm=t_int / t8 if t_int else None,
+                                 TOPS=tops, pct_peak=100 * tops / peak, rel_err=err))
     return rows
 
 
@@ -320,7 +327,7 @@ def main(argv=None):
         "gemm": lambda: bench_gemm(device, [(16384, 768, 3072), (16384, 3072, 768),
                                             (16384, 2048, 8192), (16384, 8192, 2048),
                                             (8192, 4096, 4096)] if big else [(256, 256, 256)],
-                                   (32, 128) if big else (32,)),
+                                   (32, 64, 128) if big else (32,)),
         "block": lambda: (bench_block(device, [1024, 2048] if big else [256], "gpt2",
                                       *((4, 2048) if big else (2, 128)))
                           + bench_block(device, [1024, 2048] if big else [256], "llama",

@@ -384,9 +384,10 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned 
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA source, part 3: epilogues (per (row, col) pair, cols col and col+1) and the kernels
+# CUDA source, part 3: epilogues (per (row, col) pair, cols col and col+1) and the kernels.
+# GEMM_STORE_SRC depends on no tile constant: the Hopper kernel (int8_gemm_sm90.py) shares it.
 
-GEMM_EPILOGUE_SRC = r"""
+GEMM_STORE_SRC = r"""
 __device__ __forceinline__ unsigned short bf16_bits(float f) {     // round to nearest even
     const unsigned u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;             // NaN stays NaN
@@ -441,7 +442,9 @@ __device__ __forceinline__ void store_int8_pair(signed char* q, int Mp, int Np, 
     const int q1 = quantize_one(v1, inv, stochastic, stochastic ? hash32(hr + col + 1) : 0u);
     *(unsigned short*)(q + (long long)row * Np + col) = (unsigned short)((q0 & 0xff) | (q1 << 8));
 }
+"""
 
+GEMM_EPILOGUE_SRC = r"""
 __device__ __forceinline__ void epilogue_float(const float (&acc)[MI][NI][4], int m0, int n0,
                                                int M, int N, void* out, int out_bf16, int accumulate) {
     const int warp_id = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -534,7 +537,7 @@ gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As
 }
 """
 
-GEMM_SRC = GEMM_COMMON_SRC + GEMM_MAINLOOP_SRC + GEMM_EPILOGUE_SRC
+GEMM_SRC = GEMM_COMMON_SRC + GEMM_MAINLOOP_SRC + GEMM_STORE_SRC + GEMM_EPILOGUE_SRC
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,10 +584,18 @@ def _check_operand(t, name):
                          f"offsets need fewer than 2^31")
 
 
+def _auto_kernel(device_index):
+    """'wgmma' (int8_gemm_sm90.py) on Hopper (sm_90), 'mma' (this file) elsewhere."""
+    return "wgmma" if torch.cuda.get_device_capability(device_index) == (9, 0) else "mma"
+
+
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
-              accumulate=None):
-    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors without fallback)."""
+              accumulate=None, kernel="auto"):
+    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors without fallback).
+    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a only)."""
     check_gemm(a, b, out, out_dtype, accumulate)
+    if kernel not in ("auto", "mma", "wgmma"):
+        raise ValueError(f"kernel must be 'auto', 'mma' or 'wgmma', got {kernel!r}")
     _check_operand(a, "a")
     _check_operand(b, "b")
     QB = a.qblock
@@ -596,6 +607,13 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     if shape.numel() != M * N:
         raise ValueError(f"gemm_cuda: shape {tuple(shape)} does not hold {M}x{N} elements")
     device = a.q.device
+    if kernel == "auto":
+        kernel = _auto_kernel(device.index)
+    if kernel == "wgmma":
+        if torch.cuda.get_device_capability(device) != (9, 0):
+            raise ValueError("gemm_cuda: kernel='wgmma' needs an sm_90 GPU (H100/H200), got "
+                             f"{torch.cuda.get_device_name(device)}")
+        import int8_gemm_sm90 as sm90
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)    # one CTA per 128 x 128 tile
     block = (256,)                                             # 8 warps, 64 x 32 each
     smem = _smem_bytes(QB)
@@ -606,9 +624,12 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
                 raise ValueError("gemm_cuda: accumulate must be contiguous")
             c = accumulate
         elif out_dtype not in (torch.float32, torch.bfloat16):     # the kernel writes fp32/bf16
-            return gemm_cuda(a, b, out, torch.float32, shape).to(out_dtype)
+            return gemm_cuda(a, b, out, torch.float32, shape, kernel=kernel).to(out_dtype)
         else:
             c = _empty(shape, out_dtype, device)
+        if kernel == "wgmma":
+            sm90.launch_float(a, b, c, M, N, accumulate is not None)
+            return c
         launch(_kernel("gemm_float_kernel", QB, device.index), grid, block,
                ab + (c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np), np.int32(Kp),
                      np.int32(c.dtype == torch.bfloat16), np.int32(accumulate is not None)),
@@ -618,6 +639,9 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     s = _empty((Mp // QB, Np // QB), torch.float32, device)
     stochastic = out == "int8_sr"
     seed = _seed(generator) if stochastic else 0
+    if kernel == "wgmma":
+        sm90.launch_int8(a, b, q, s, stochastic, seed)
+        return QTensor(q, s, shape, QB)
     launch(_kernel("gemm_int8_kernel", QB, device.index), grid, block,
            ab + (q, s, np.int32(Mp), np.int32(Np), np.int32(Kp), np.int32(stochastic),
                  np.uint32(seed)), shared_mem=smem)
@@ -644,7 +668,8 @@ def _seed(generator):
 
 def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None, accumulate=None):
     """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. The tensor-core kernel runs
-    for CUDA operands without a fallback plane, the reference otherwise."""
+    for CUDA operands without a fallback plane (wgmma on sm_90, mma.sync elsewhere), the
+    reference otherwise."""
     if (isinstance(a, QTensor) and isinstance(b, QTensor) and a.q.is_cuda and b.q.is_cuda
             and not a.has_fallback and not b.has_fallback and cuda_available()):
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)

@@ -11,6 +11,16 @@ pytestmark = pytest.mark.gpu
 DEV = "cuda"
 
 
+@pytest.fixture(autouse=True, params=["mma", "wgmma"])
+def kernel(request, monkeypatch):
+    """Every test runs on both kernels: gemm_cuda's kernel='auto' (and so gemm() and the layer)
+    resolves to the parameter. wgmma needs sm_90."""
+    if request.param == "wgmma" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel needs an sm_90 GPU")
+    monkeypatch.setattr(int8_gemm, "_auto_kernel", lambda device_index: request.param)
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every kernel output starts as NaN (floats) or -128 (int8, a value quantize never makes),

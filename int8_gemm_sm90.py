@@ -1,0 +1,383 @@
+"""
+Block-scaled INT8 GEMM for Hopper (sm_90a): wgmma from shared memory, warp-specialised.
+
+Same math and contract as int8_gemm.py (read its docstring first): C = A @ B^T with a_q (Mp, Kp)
+and b_q (Np, Kp) int8 row-major (K-contiguous: the only layout wgmma takes for 8-bit types),
+a_s (Mp/QB, Kp/QB) and b_s (Np/QB, Kp/QB) fp32, QB = 32, 64 or 128. For each K-block the int32
+partial sum P is exact; it is "promoted" into an fp32 accumulator as acc += float(P) * s_A * s_B
+(DeepGEMM's FP8 promotion, here every QB of K). Epilogues are int8_gemm.py's per-pair store
+functions (GEMM_STORE_SRC): fp32 / bf16 / += fp32, int8 RTN, int8 stochastic rounding.
+
+One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
+
+    warpgroup 0, producer (setmaxnreg 40):   cp.async 16 B chunks of A, B (and 4 B scales) into a
+                                             STAGES-deep ring; cp.async.mbarrier.arrive on full[s]
+    warpgroups 1, 2, consumers (232 regs):   rows 0-63 / 64-127 of the tile, all 128 columns
+
+    producer   | load 0 | load 1 | load 2 | load 3 | load 4 | wait empty[0] | load 5 | ...
+    consumer       wait full[0]
+      K-block:   kb=0        kb=1              kb=2              kb=3
+      wgmma      [D0 <- kb0] [D1 <- kb1]       [D0 <- kb2]       [D1 <- kb3]
+      FP units               [acc += D0 * s0]  [acc += D1 * s1]  [acc += D0 * s2] ...
+                             ^ wgmma.wait_group 1: kb0 done while kb1 runs on the tensor cores
+    A stage (BK = 128 bytes of K) holds 128/QB K-blocks; after the last of them is promoted,
+    every consumer thread arrives on empty[s] and the producer refills the slot.
+
+The two consumer warpgroups interleave too: one's promotion runs while the other's wgmma
+occupies the tensor cores. Per accumulator element per K-block the promotion is I2FP + FFMA
+(2 instructions, the floor without packed FP32); at QB = 32 that issue work, not the tensor
+cores, bounds the kernel (2 x 16384 per K-block per CTA over 4 x 32 lanes = 256 cycles vs 128
+of wgmma). Partial tiles: rows past Mp / Np and K past Kp are zero-filled by cp.async (src-size
+0), their scales load as 0, and the stores are masked; so any Mp, Np, Kp multiple of QB works.
+
+Measured on an H100 (notes/gemm_sm90.md): 0.64-0.89x the time of the mma.sync kernel; QB = 32
+216-449 TOPS (0.33-0.58x cuBLAS bf16), QB = 128 290-762 TOPS (0.45-0.96x). Limits: the
+promotion's issue work at QB = 32, operand delivery (cp.async, 128 x 128 tiles) at QB = 128.
+"""
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from int8_gemm import GEMM_STORE_SRC, cdiv
+from quantize import get_kernel, launch
+
+TILE = 128                                   # BM = BN of the kernel
+STAGES = 5                                   # 5 x (16 + 16 KB) ring
+THREADS = 384                                # producer + 2 consumer warpgroups
+
+
+def _wgmma_wrapper(n):
+    """C++ source of wgmma_m64n{n}k32_s8: D (64 x n s32, n/2 registers per thread) = A (64 x 32
+    s8, smem descriptor) * B (n x 32 s8, smem descriptor) [+ D]. The operand list is written out
+    by this function because inline asm takes no arrays."""
+    regs = n // 2
+    d = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+r"(d[{i}])' for i in range(regs))
+    return (f"__device__ __forceinline__ void wgmma_m64n{n}k32_s8(int (&d)[{regs}], "
+            f"unsigned long long desc_a, unsigned long long desc_b, int accumulate) {{\n"
+            f'    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"\n'
+            f'                 "wgmma.mma_async.sync.aligned.m64n{n}k32.s32.s8.s8 "\n'
+            f'                 "{{{d}}}, %{regs}, %{regs + 1}, p;\\n}}\\n"\n'
+            f"                 : {outs}\n"
+            f'                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));\n}}\n')
+
+
+SM90_PTX_SRC = r"""
+#ifndef QB
+#define QB 32
+#endif
+constexpr int BM = 128, BN = 128;            // CTA tile of C; each consumer warpgroup 64 x 128
+constexpr int BK = 128;                      // bytes of K per stage: one 128-byte swizzle row
+constexpr int STAGES = 5;
+constexpr int KBS = BK / QB;                 // K-blocks per stage: 4, 2, 1
+constexpr int KSTEPS = QB / 32;              // wgmma k32 steps per K-block: 1, 2, 4
+constexpr int RBS = BM / QB, CBS = BN / QB;  // scale blocks along a tile side: 4, 2, 1
+constexpr int TILE_BYTES = BM * BK;          // 16 KB, 1024-aligned (the swizzle atom)
+constexpr int SCALE_FLOATS = (RBS + CBS) * KBS;        // per stage: s_A [KBS][RBS], s_B [KBS][CBS]
+constexpr int NACC = BN / 2;                 // accumulators per consumer thread: 64 x 128 / 128
+constexpr int G = KBS > 2 ? KBS : 2;         // K-blocks per consumer loop iteration: 4, 2, 2
+constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
+static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
+static_assert(BM == 128 && BN == 128 && BK == 128, "the copy mapping below assumes 128 x 128 B");
+// shared memory: [A ring][B ring][scale ring][full barriers][empty barriers][block absmax]
+constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_S = 2 * STAGES * TILE_BYTES;
+constexpr int SMEM_BAR = SMEM_S + STAGES * SCALE_FLOATS * 4, SMEM_BMAX = SMEM_BAR + 16 * STAGES;
+constexpr int SMEM_BYTES = SMEM_BMAX + 4 * RBS * CBS + 1024;   // + 1024: base alignment slack
+static_assert(SMEM_BYTES <= 227 * 1024, "the ring must fit in an H100's 227 KB of shared memory");
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+// cp.async global -> shared, BYTES = 16 (L2 only) or 4; src_bytes = 0 writes zeros.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+// mbarrier: a 64-bit shared word counting arrivals; its phase flips when `count` have arrived.
+__device__ __forceinline__ void mbar_init(unsigned bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count));
+}
+// arrives on bar once all of this thread's earlier cp.async have landed (count set at init)
+__device__ __forceinline__ void cp_async_arrive(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
+}
+// wait until the phase of parity `parity` has completed
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+// cp.async wrote through the generic proxy; wgmma reads through the async proxy
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+// keeps the compiler from moving reads of D across wgmma.wait_group (CUTLASS's fence_operand)
+__device__ __forceinline__ void fence_operands(int (&d)[NACC]) {
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) asm volatile("" : "+r"(d[i]) :: "memory");
+}
+template <int REGS> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(REGS));
+}
+template <int REGS> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(REGS));
+}
+__device__ __forceinline__ void consumer_sync() {      // named barrier 1: the 256 consumer threads
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+}
+
+// Shared-memory tile layout (what TMA's SWIZZLE_128B writes, done here by hand): row r of the
+// tile (a row of A or B) is 128 bytes of K at offset 128 * r, and its 16-byte chunk c sits at
+// chunk c ^ (r % 8). 8 rows x 128 B = 1024 B form one swizzle atom (tiles are 1024-aligned).
+//
+// wgmma matrix descriptor (64 bits) for a K-major operand in that layout:
+//   bits  0-13  start address >> 4   (the k32 step inside the 128 B row just adds 32 bytes:
+//                                     the hardware applies the XOR to the final address)
+//   bits 16-29  leading byte offset >> 4: unused for swizzled K-major (K fits in one row); 1
+//   bits 32-45  stride byte offset >> 4: from one 8-row group to the next = 1024 B -> 64
+//   bits 49-51  base offset: 0 (atoms are 1024-aligned)
+//   bits 62-63  swizzle mode: 1 = 128 B
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+"""
+
+SM90_KERNEL_SRC = r"""
+// CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
+__device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
+    const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
+    int pid = blockIdx.x, group = pid / (GROUP * tiles_n);
+    int first = group * GROUP, size = min(tiles_m - first, GROUP);
+    m0 = (first + (pid % (GROUP * tiles_n)) % size) * BM;
+    n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
+}
+
+// Producer warpgroup: thread t copies chunk t % 8 of rows t / 8 + 16 i (i < 8) of the A and B
+// tiles (8 threads read one row's 128 contiguous bytes), and one scale if t < SCALE_FLOATS.
+__device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
+                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
+    const int KT = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;   // as consume()
+    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
+    for (int kt = 0; kt < KT; ++kt) {
+        const int slot = kt % STAGES, k0 = kt * BK + 16 * c;
+        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+        const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
+        #pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int m = m0 + r0 + 16 * i, n = n0 + r0 + 16 * i;
+            const bool ka = k0 < Kp && m < Mp, kb = k0 < Kp && n < Np;
+            cp_async16(sA + dst + 2048 * i, A + (ka ? (long long)m * Kp + k0 : 0), ka ? 16 : 0);
+            cp_async16(sB + dst + 2048 * i, B + (kb ? (long long)n * Kp + k0 : 0), kb ? 16 : 0);
+        }
+        if (t < SCALE_FLOATS) {          // s_A[m0/QB + rb, kt*KBS + j] -> [j][rb], then s_B
+            const bool is_a = t < RBS * KBS;
+            const int u = is_a ? t : t - RBS * KBS, nb = is_a ? RBS : CBS;
+            const int j = u / nb, blk = (is_a ? m0 : n0) / QB + u % nb, kb = kt * KBS + j;
+            const bool ok = kb < Kb && blk < (is_a ? Mp : Np) / QB;
+            const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kb : 0);
+            cp_async4(base + SMEM_S + 4 * (slot * SCALE_FLOATS + t), src, ok ? 4 : 0);
+        }
+        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+    }
+}
+
+// acc += float(P) * s_A * s_B for the finished K-block kb held in d.
+__device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], unsigned base,
+                                        int kb, int rb) {
+    fence_operands(d);
+    const float* s = (const float*)__cvta_shared_to_generic(
+        base + SMEM_S + 4 * ((kb / KBS) % STAGES * SCALE_FLOATS));
+    const int j = kb % KBS;
+    const float sa = s[j * RBS + rb];
+    float sab[CBS];
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) sab[cb] = sa * s[RBS * KBS + j * CBS + cb];
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = fmaf(__int2float_rn(d[i]), sab[(i / 4) * 8 / QB], acc[i]);
+}
+
+// Issue K-block kb into d: wait for its stage to land (first K-block of a stage), then
+// KSTEPS wgmma k32 steps, the first overwriting D (scale-d = 0), one commit group.
+__device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int kb, int wg) {
+    const int kt = kb / KBS, j = kb % KBS, slot = kt % STAGES;
+    if (j == 0) { mbar_wait(base + SMEM_BAR + 8 * slot, (kt / STAGES) & 1); fence_proxy_async(); }
+    const unsigned sA = base + slot * TILE_BYTES + wg * 64 * BK, sB = base + SMEM_B + slot * TILE_BYTES;
+    wgmma_fence();
+    #pragma unroll
+    for (int s = 0; s < KSTEPS; ++s)
+        wgmma_m64n128k32_s8(d, smem_desc(sA + j * QB + 32 * s), smem_desc(sB + j * QB + 32 * s), s > 0);
+    wgmma_commit();
+}
+
+// Promote the finished K-block kb from d; the last K-block of a stage frees its slot.
+__device__ __forceinline__ void finish_kblock(float (&acc)[NACC], int (&d)[NACC], unsigned base,
+                                              int kb, int rb) {
+    promote(acc, d, base, kb, rb);
+    if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
+}
+
+// Consumer warpgroup wg (0 or 1): acc = its 64 x 128 slice of the tile. Register i of a thread
+// (warp w of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
+// per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
+// K-blocks go in groups of G, ping-ponging between D[0] and D[1]; every group ends with no
+// wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
+__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int Kp, int wg, int rb) {
+    const int KB = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND * KBS;   // tail: zeros
+    int d[2][NACC];
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    for (int kb = 0; kb < KB; kb += G) {
+        issue_kblock(d[0], base, kb, wg);
+        #pragma unroll
+        for (int g = 1; g < G; ++g) {
+            issue_kblock(d[g % 2], base, kb + g, wg);     // g is unrolled: d[g % 2] is static
+            wgmma_wait<1>();                      // K-block kb + g - 1 is done, kb + g runs
+            finish_kblock(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
+        }
+        wgmma_wait<0>();
+        finish_kblock(acc, d[(G - 1) % 2], base, kb + G - 1, rb);
+    }
+}
+
+template <int OUT_INT8>
+__device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As, const signed char* B,
+        const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
+        float* q_s, int stochastic, unsigned seed) {
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
+    int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
+    int m0, n0;
+    tile_origin(Mp, Np, m0, n0);
+    if (threadIdx.x < STAGES) {
+        mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
+        mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if (threadIdx.x < RBS * CBS) bmax[threadIdx.x] = 0;
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        setmaxnreg_dec<40>();
+        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0);
+        return;
+    }
+    setmaxnreg_inc<232>();
+    const int ct = threadIdx.x - 128, wg = ct / 128, warp = (ct % 128) / 32, lane = ct % 32;
+    const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
+    float acc[NACC];
+    consume(acc, base, Kp, wg, rb);
+    const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
+    if (!OUT_INT8) {
+        #pragma unroll
+        for (int i = 0; i < NACC; i += 4) {
+            store_float_pair(out, out_bf16, accumulate, M, N, row, col0 + 2 * i, acc[i], acc[i + 1]);
+            store_float_pair(out, out_bf16, accumulate, M, N, row + 8, col0 + 2 * i, acc[i + 2], acc[i + 3]);
+        }
+        return;
+    }
+    // int8: absmax per QB x QB block = thread max -> warp max -> shared atomicMax (the bits of a
+    // float >= 0 order like ints) over the tile's RBS x CBS blocks
+    float amax[CBS];
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) amax[cb] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) amax[(i / 4) * 8 / QB] = fmaxf(amax[(i / 4) * 8 / QB], fabsf(acc[i]));
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) {
+        #pragma unroll
+        for (int off = 16; off > 0; off /= 2) amax[cb] = fmaxf(amax[cb], __shfl_xor_sync(0xffffffffu, amax[cb], off));
+        if (lane == 0) atomicMax(&bmax[rb * CBS + cb], __float_as_int(amax[cb]));
+    }
+    consumer_sync();
+    if (ct < RBS * CBS) {
+        const int bi = m0 / QB + ct / CBS, bj = n0 / QB + ct % CBS;
+        if (bi < Mp / QB && bj < Np / QB) q_s[(long long)bi * (Np / QB) + bj] = __int_as_float(bmax[ct]) / 127.f;
+    }
+    float inv[CBS];                                   // 127 / absmax, 0 for a zero block
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) {
+        const float m = __int_as_float(bmax[rb * CBS + cb]);
+        inv[cb] = m > 0.f ? 127.f / m : 0.f;
+    }
+    signed char* q = (signed char*)out;
+    #pragma unroll
+    for (int i = 0; i < NACC; i += 4) {
+        const float s = inv[(i / 4) * 8 / QB];
+        store_int8_pair(q, Mp, Np, row, col0 + 2 * i, acc[i], acc[i + 1], s, stochastic, seed);
+        store_int8_pair(q, Mp, Np, row + 8, col0 + 2 * i, acc[i + 2], acc[i + 3], s, stochastic, seed);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+gemm_sm90_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
+                       const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
+                       int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate) {
+    gemm_sm90<0>(A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u);
+}
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
+                      const signed char* __restrict__ B, const float* __restrict__ Bs,
+                      signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed) {
+    gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed);
+}
+"""
+
+SM90_SRC = SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_KERNEL_SRC
+
+
+def _smem_bytes(qblock):
+    """SMEM_BYTES of the kernel source: the A and B rings, the scale ring, 2 x STAGES barriers,
+    the block absmax, and 1024 bytes to align the base to the 128 B swizzle atom."""
+    blocks, kblocks = TILE // qblock, 128 // qblock      # RBS = CBS, and KBS per stage
+    scales = STAGES * 2 * blocks * kblocks * 4
+    return 2 * STAGES * TILE * 128 + scales + 16 * STAGES + 4 * blocks * blocks + 1024
+
+
+@lru_cache(maxsize=None)
+def _kernel(name, qblock, device_index):
+    kernel = get_kernel(SM90_SRC, name, (f"QB={qblock}",), torch.device("cuda", device_index))
+    kernel.max_dynamic_shared_size_bytes = _smem_bytes(qblock)
+    return kernel
+
+
+def _check(a, b):
+    """What the kernel itself assumes (gemm_cuda has checked dtypes, devices and shapes)."""
+    assert a.qblock in (32, 64, 128) and a.qblock == b.qblock, f"unsupported QB {a.qblock}"
+    assert a.q.shape[1] == b.q.shape[1] and a.q.shape[1] % a.qblock == 0, "padded K differs"
+    assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
+
+
+def launch_float(a, b, c, M, N, accumulate):
+    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda."""
+    _check(a, b)
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)       # one CTA per 128 x 128 tile
+    launch(_kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index), grid, (THREADS,),
+           (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
+            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
+           shared_mem=_smem_bytes(a.qblock))
+
+
+def launch_int8(a, b, q, s, stochastic, seed):
+    """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
+    _check(a, b)
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)
+    launch(_kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index), grid, (THREADS,),
+           (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
+            np.int32(stochastic), np.uint32(seed)),
+           shared_mem=_smem_bytes(a.qblock))
