@@ -333,8 +333,10 @@ def main(argv=None):
                           + bench_block(device, [1024, 2048] if big else [256], "llama",
                                         *((4, 2048) if big else (2, 128)))),
     }
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "uncommitted"
+    # a copy of the tree without .git (a rented GPU box) names its commit in BENCH_COMMIT
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() \
+        or "unknown"
     header = (f"{device_name(device)}, torch {torch.__version__}, "
               f"{datetime.date.today().isoformat()}, commit {commit}")
     print(header)

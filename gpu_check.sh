@@ -6,8 +6,10 @@ set -o pipefail
 OUT=${OUT:-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# the device machine's copy of the tree has no .git: pass BENCH_COMMIT=<hash> from outside
+export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: $(git rev-parse --short HEAD 2>/dev/null)"
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  commit: ${BENCH_COMMIT:-unknown}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__)"
 } 2>&1 | tee "$OUT/gpu_env.log"
