@@ -592,10 +592,10 @@ def _auto_kernel(device_index):
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto"):
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors without fallback).
-    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a only)."""
+    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' | 'wgmma_pp' (ping-pong; sm_90a only)."""
     check_gemm(a, b, out, out_dtype, accumulate)
-    if kernel not in ("auto", "mma", "wgmma"):
-        raise ValueError(f"kernel must be 'auto', 'mma' or 'wgmma', got {kernel!r}")
+    if kernel not in ("auto", "mma", "wgmma", "wgmma_pp"):
+        raise ValueError(f"kernel must be 'auto', 'mma', 'wgmma' or 'wgmma_pp', got {kernel!r}")
     _check_operand(a, "a")
     _check_operand(b, "b")
     QB = a.qblock
@@ -609,11 +609,14 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     device = a.q.device
     if kernel == "auto":
         kernel = _auto_kernel(device.index)
-    if kernel == "wgmma":
+    if kernel in ("wgmma", "wgmma_pp"):
         if torch.cuda.get_device_capability(device) != (9, 0):
-            raise ValueError("gemm_cuda: kernel='wgmma' needs an sm_90 GPU (H100/H200), got "
+            raise ValueError(f"gemm_cuda: kernel={kernel!r} needs an sm_90 GPU (H100/H200), got "
                              f"{torch.cuda.get_device_name(device)}")
-        import int8_gemm_sm90 as sm90
+        if kernel == "wgmma":
+            import int8_gemm_sm90 as sm90
+        else:
+            import int8_gemm_sm90_pp as sm90
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)    # one CTA per 128 x 128 tile
     block = (256,)                                             # 8 warps, 64 x 32 each
     smem = _smem_bytes(QB)
@@ -627,7 +630,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
             return gemm_cuda(a, b, out, torch.float32, shape, kernel=kernel).to(out_dtype)
         else:
             c = _empty(shape, out_dtype, device)
-        if kernel == "wgmma":
+        if kernel != "mma":
             sm90.launch_float(a, b, c, M, N, accumulate is not None)
             return c
         launch(_kernel("gemm_float_kernel", QB, device.index), grid, block,
@@ -639,7 +642,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     s = _empty((Mp // QB, Np // QB), torch.float32, device)
     stochastic = out == "int8_sr"
     seed = _seed(generator) if stochastic else 0
-    if kernel == "wgmma":
+    if kernel != "mma":
         sm90.launch_int8(a, b, q, s, stochastic, seed)
         return QTensor(q, s, shape, QB)
     launch(_kernel("gemm_int8_kernel", QB, device.index), grid, block,

@@ -155,7 +155,7 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
 }
 """
 
-SM90_KERNEL_SRC = r"""
+SM90_MAINLOOP_SRC = r"""
 // CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
 __device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
     const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
@@ -230,6 +230,10 @@ __device__ __forceinline__ void finish_kblock(float (&acc)[NACC], int (&d)[NACC]
     if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
 }
 
+"""
+
+# consume(): the consumer warpgroups' K loop; int8_gemm_sm90_pp.py swaps in its ping-pong one
+SM90_CONSUME_SRC = r"""
 // Consumer warpgroup wg (0 or 1): acc = its 64 x 128 slice of the tile. Register i of a thread
 // (warp w of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
 // per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
@@ -253,6 +257,9 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int K
     }
 }
 
+"""
+
+SM90_EPILOGUE_SRC = r"""
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As, const signed char* B,
         const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
@@ -336,7 +343,8 @@ gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict
 }
 """
 
-SM90_SRC = SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_KERNEL_SRC
+SM90_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC
+            + SM90_CONSUME_SRC + SM90_EPILOGUE_SRC)
 
 
 def _smem_bytes(qblock):
@@ -348,8 +356,8 @@ def _smem_bytes(qblock):
 
 
 @lru_cache(maxsize=None)
-def _kernel(name, qblock, device_index):
-    kernel = get_kernel(SM90_SRC, name, (f"QB={qblock}",), torch.device("cuda", device_index))
+def _kernel(name, qblock, device_index, source=SM90_SRC):
+    kernel = get_kernel(source, name, (f"QB={qblock}",), torch.device("cuda", device_index))
     kernel.max_dynamic_shared_size_bytes = _smem_bytes(qblock)
     return kernel
 
@@ -361,23 +369,24 @@ def _check(a, b):
     assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
 
 
-def launch_float(a, b, c, M, N, accumulate):
-    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda."""
+def launch_float(a, b, c, M, N, accumulate, source=SM90_SRC):
+    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
+    source: the kernel's CUDA source (SM90_SRC, or the ping-pong variant's)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)       # one CTA per 128 x 128 tile
-    launch(_kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index), grid, (THREADS,),
+    launch(_kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index, source), grid, (THREADS,),
            (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
            shared_mem=_smem_bytes(a.qblock))
 
 
-def launch_int8(a, b, q, s, stochastic, seed):
+def launch_int8(a, b, q, s, stochastic, seed, source=SM90_SRC):
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)
-    launch(_kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index), grid, (THREADS,),
+    launch(_kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index, source), grid, (THREADS,),
            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
             np.int32(stochastic), np.uint32(seed)),
            shared_mem=_smem_bytes(a.qblock))

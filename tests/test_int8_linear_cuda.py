@@ -11,11 +11,11 @@ pytestmark = pytest.mark.gpu
 DEV = "cuda"
 
 
-@pytest.fixture(autouse=True, params=["mma", "wgmma"])
+@pytest.fixture(autouse=True, params=["mma", "wgmma", "wgmma_pp"])
 def kernel(request, monkeypatch):
-    """Every test runs on both kernels: gemm_cuda's kernel='auto' (and so gemm() and the layer)
-    resolves to the parameter. wgmma needs sm_90."""
-    if request.param == "wgmma" and torch.cuda.get_device_capability() != (9, 0):
+    """Every test runs on every kernel: gemm_cuda's kernel='auto' (and so gemm() and the layer)
+    resolves to the parameter. wgmma and wgmma_pp (ping-pong) need sm_90."""
+    if request.param != "mma" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel needs an sm_90 GPU")
     monkeypatch.setattr(int8_gemm, "_auto_kernel", lambda device_index: request.param)
     return request.param
