@@ -6,10 +6,14 @@ override them, in the order given (nanoGPT style):
     python train.py --int8 --fallback                   # bf16 without flags (fp32 on CPU)
     python train.py my_config.py --int8 --max_iters=2000 --out_dir=out-int8
     python train.py --resume --out_dir=out-int8         # continue that run exactly
+    torchrun --standalone --nproc_per_node=8 train.py --int8 --fallback   # data parallel (DDP)
 
 No download: the default data is the Python standard library's own source, as bytes (vocab 256);
 --data=PATH takes a text file, a folder of .txt/.md/.py files, or nanoGPT's train.bin/val.bin.
 A run writes out_dir/log.jsonl and out_dir/ckpt.pt (at every eval, at the end, on Ctrl-C).
+Under torchrun, rank r of N trains on micro-batches r, r+N, ... of the gradient_accumulation_steps
+of a step (all ranks together, as in nanoGPT): N processes see exactly the batches of one. Rank 0
+alone prints, logs, samples and writes checkpoints.
 """
 import ast
 import json
@@ -28,6 +32,8 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from model import GPT, GPTConfig
@@ -57,8 +63,8 @@ fallback_rule = GPTConfig.fallback_rule  # the outlier rule: see fallback.py
 fallback_threshold = GPTConfig.fallback_threshold
 fallback_grad = GPTConfig.fallback_grad  # also give output gradients a second plane
 # AdamW and the learning-rate schedule
-batch_size = 16
-gradient_accumulation_steps = 1
+batch_size = 16                   # per micro-batch, per rank
+gradient_accumulation_steps = None  # micro-batches per step, all ranks together; None: one per rank
 max_iters = None
 learning_rate = None     # peak learning rate
 weight_decay = 1e-1
@@ -80,7 +86,8 @@ BY_DEVICE = dict(n_layer=(4, 12), n_head=(4, 12), n_embd=(128, 768), block_size=
                  max_iters=(150, 5000), learning_rate=(1e-3, 6e-4), dtype=('float32', 'bfloat16'),
                  eval_iters=(10, 100))
 # Defaults derived from other settings, with their types.
-DERIVED = dict(eval_interval=int, warmup_iters=int, lr_decay_iters=int, min_lr=float)
+DERIVED = dict(gradient_accumulation_steps=int, eval_interval=int, warmup_iters=int,
+               lr_decay_iters=int, min_lr=float)
 MODEL_KEYS = ('block_size', 'n_layer', 'n_head', 'n_embd', 'mlp', 'norm', 'int8', 'fallback',
               'qblock', 'fallback_rule', 'fallback_threshold', 'fallback_grad')
 TEXT_SUFFIXES = ('.txt', '.md', '.py')
@@ -119,7 +126,8 @@ def parse_config(argv):
             namespace = dict(config)
             with open(arg) as f:
                 exec(f.read(), namespace)
-            print(f'config file {arg}')
+            if os.environ.get('RANK', '0') == '0':  # under torchrun, only rank 0 talks
+                print(f'config file {arg}')
             for key, value in namespace.items():
                 if not key.startswith('_') and not isinstance(value, ModuleType) and \
                         not callable(value) and (key not in config or value is not config[key]):
@@ -205,6 +213,21 @@ def main(argv=None):
     config, set_keys = parse_config(sys.argv[1:] if argv is None else argv)
     if config['device'] == 'auto':
         config['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
+    # torchrun starts one process per GPU and tells each its RANK, LOCAL_RANK and WORLD_SIZE
+    ddp = 'RANK' in os.environ
+    rank, world_size = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    master = rank == 0
+    if ddp and 'cuda' in config['device']:
+        config['device'] = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(config['device'])
+    own_group = ddp and not dist.is_initialized()  # a caller may have made one (the tests do)
+    if own_group:
+        dist.init_process_group(backend='nccl' if 'cuda' in config['device'] else 'gloo')
+
+    def print0(text):  # only rank 0 talks; tqdm.write keeps a progress bar intact
+        if master:
+            tqdm.write(text)
+
     device_type = 'cuda' if 'cuda' in config['device'] else 'cpu'
     ckpt_path = os.path.join(config['out_dir'], 'ckpt.pt')
     ckpt = None
@@ -218,33 +241,42 @@ def main(argv=None):
     for k, (on_cpu, on_cuda) in BY_DEVICE.items():
         if config[k] is None:
             config[k] = on_cuda if device_type == 'cuda' else on_cpu
-    for k, v in dict(eval_interval=max(1, config['max_iters'] // 5),
+    for k, v in dict(gradient_accumulation_steps=world_size,
+                     eval_interval=max(1, config['max_iters'] // 5),
                      warmup_iters=config['max_iters'] // 20, lr_decay_iters=config['max_iters'],
                      min_lr=config['learning_rate'] / 10).items():
         if config[k] is None:
             config[k] = v
     if config['dtype'] not in ('bfloat16', 'float32'):
         raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {config['dtype']!r}")
-    print('config:', textwrap.fill(', '.join(f'{k}={v!r}' for k, v in config.items()), 100,
-                                   subsequent_indent='    '))
+    if config['gradient_accumulation_steps'] % world_size:
+        raise ValueError(f"gradient_accumulation_steps={config['gradient_accumulation_steps']} "
+                         f"(all ranks together) is not a multiple of the {world_size} processes")
+    print0('config: ' + textwrap.fill(', '.join(f'{k}={v!r}' for k, v in config.items()), 100,
+                                      subsequent_indent='    '))
     c = SimpleNamespace(**config)
 
     # -- data --------------------------------------------------------------------------------
-    torch.manual_seed(c.seed)
+    # DDP starts every rank from rank 0's weights; seed + rank gives each rank its own
+    # stochastic-rounding noise (quantize.py draws it from torch's RNG, also on CUDA)
+    torch.manual_seed(c.seed + rank)
     random.seed(c.seed)
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     ctx = nullcontext() if c.dtype == 'float32' else torch.autocast(device_type, dtype=torch.bfloat16)
     train_data, val_data, vocab_size, decode, prompt = load_data(c.data)
-    print(f'data: {c.data}: {len(train_data):,} train and {len(val_data):,} val tokens, '
-          f'vocab {vocab_size}')
+    print0(f'data: {c.data}: {len(train_data):,} train and {len(val_data):,} val tokens, '
+           f'vocab {vocab_size}')
     if min(len(train_data), len(val_data)) <= c.block_size:
         raise ValueError(f'data: a split holds fewer than block_size+1 = {c.block_size + 1} tokens')
-    tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
+    tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size  # all ranks
+    grad_accum = c.gradient_accumulation_steps // world_size  # micro-batches of this rank
 
-    def get_batch(split_data, generator):
+    def get_batch(split_data, generator, keep=True):
         ix = torch.randint(len(split_data) - c.block_size, (c.batch_size,), generator=generator)
+        if not keep:  # another rank's micro-batch: only move the generator past it
+            return None, None
         x = torch.stack([torch.from_numpy(split_data[i:i + c.block_size].astype(np.int64))
                          for i in ix.tolist()])
         y = torch.stack([torch.from_numpy(split_data[i + 1:i + 1 + c.block_size].astype(np.int64))
@@ -253,7 +285,7 @@ def main(argv=None):
             x, y = (t.pin_memory().to(c.device, non_blocking=True) for t in (x, y))
         return x, y
 
-    # its own generator, so the data position is part of the checkpoint
+    # its own generator, so the data position is part of the checkpoint; the same on every rank
     train_gen = torch.Generator().manual_seed(c.seed)
 
     # -- model and optimizer -----------------------------------------------------------------
@@ -265,7 +297,7 @@ def main(argv=None):
                          f'{"; ".join(diff)} (drop those settings, or use a new out_dir)')
     raw_model = GPT(GPTConfig(**model_args)).to(c.device)
     mode = 'int8 + fallback' if c.fallback else 'int8' if c.int8 else c.dtype
-    print(f'model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {mode}, on {c.device}')
+    print0(f'model: {raw_model.get_num_params() / 1e6:.2f}M parameters, {mode}, on {c.device}')
     optimizer = raw_model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
                                                device_type)
     iter_num, best_val_loss = 0, float('inf')
@@ -273,19 +305,27 @@ def main(argv=None):
         raw_model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-        torch.set_rng_state(ckpt['rng']['torch'])
-        if device_type == 'cuda' and ckpt['rng']['cuda'] is not None:
-            torch.cuda.set_rng_state(ckpt['rng']['cuda'], c.device)
-        train_gen.set_state(ckpt['rng']['batches'])
-        random.setstate(ckpt['rng']['python'])
-        print(f'resumed from {ckpt_path} at iter {iter_num}')
+        rngs = ckpt['rng']  # one per rank of the run that saved it
+        if rank < len(rngs):  # a rank that run did not have keeps seed + rank
+            torch.set_rng_state(rngs[rank]['torch'])
+            if device_type == 'cuda' and rngs[rank]['cuda'] is not None:
+                torch.cuda.set_rng_state(rngs[rank]['cuda'], c.device)
+        train_gen.set_state(rngs[0]['batches'])
+        random.setstate(rngs[0]['python'])
+        print0(f'resumed from {ckpt_path} at iter {iter_num}')
         del ckpt
-    model = torch.compile(raw_model) if c.compile else raw_model
+    model = torch.compile(raw_model) if c.compile else raw_model  # evaluation runs this
+    train_model = model
+    if ddp:  # DDP averages the fp32 gradients across ranks during backward
+        train_model = DDP(model, device_ids=[c.device] if device_type == 'cuda' else None)
+        print0(f'ddp: {world_size} processes ({dist.get_backend()}), {grad_accum} x {c.batch_size} '
+               f'sequences per process and step, {tokens_per_iter:,} tokens per step in all')
 
     @torch.no_grad()
     def estimate_loss():
         """Mean loss over the same eval_iters batches at every eval, so evals compare; its own
-        generator and a forked torch RNG, so evaluating never changes the training run."""
+        generator and a forked torch RNG, so evaluating never changes the training run. Every
+        rank evaluates the same batches, without DDP: none waits for another."""
         out = {}
         eval_gen = torch.Generator().manual_seed(c.seed + 1)
         model.eval()
@@ -302,24 +342,34 @@ def main(argv=None):
         return out
 
     def save_checkpoint():
-        """Write to a temporary file, then rename: a crash mid-write never leaves a broken ckpt."""
+        """Every rank calls this: rank 0 gathers each rank's RNG (its own stochastic-rounding
+        stream) and writes to a temporary file, then renames: a crash mid-write never leaves a
+        broken ckpt. raw_model's keys carry no DDP 'module.' prefix: one process loads it too."""
         rng = dict(torch=torch.get_rng_state(), batches=train_gen.get_state(),
                    cuda=torch.cuda.get_rng_state(c.device) if device_type == 'cuda' else None,
                    python=random.getstate())
-        ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
-                    model_args=model_args, config=config, iter_num=iter_num,
-                    best_val_loss=best_val_loss, rng=rng)
-        torch.save(ckpt, ckpt_path + '.tmp')
-        os.replace(ckpt_path + '.tmp', ckpt_path)
+        rngs = [rng]
+        if ddp:
+            rngs = [None] * world_size if master else None
+            dist.gather_object(rng, rngs)
+        if master:
+            ckpt = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                        model_args=model_args, config=config, iter_num=iter_num,
+                        best_val_loss=best_val_loss, rng=rngs)
+            torch.save(ckpt, ckpt_path + '.tmp')
+            os.replace(ckpt_path + '.tmp', ckpt_path)
+        if ddp:  # no rank goes on (or exits) before the checkpoint is on disk
+            dist.barrier()
 
     log_path = os.path.join(c.out_dir, 'log.jsonl')
     os.makedirs(c.out_dir, exist_ok=True)
-    if not c.resume:
+    if not c.resume and master:
         open(log_path, 'w').close()
 
     def log(**entry):
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(entry) + '\n')
+        if master:
+            with open(log_path, 'a') as f:
+                f.write(json.dumps(entry) + '\n')
 
     # Ctrl-C finishes the current step, then saves: a step cut in half (say, inside
     # optimizer.step) would leave a checkpoint that no uninterrupted run ever had.
@@ -329,33 +379,46 @@ def main(argv=None):
         if stop:
             raise KeyboardInterrupt  # a second Ctrl-C quits at once
         stop.append(True)
-        tqdm.write('Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again: quit now)')
+        print0('Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again: quit now)')
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)  # main() runs in the main thread
 
     # -- training loop -----------------------------------------------------------------------
     iters, train_losses, fb_sum, fb_steps = [], [], {}, 0
-    losses, eval_iter = None, None
-    bar = tqdm(total=c.max_iters, initial=iter_num, disable=not c.progress, dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    losses, eval_iter, halt = None, None, False
+    bar = tqdm(total=c.max_iters, initial=iter_num, disable=not c.progress or not master,
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     try:
-        while iter_num < c.max_iters and not stop:
+        while iter_num < c.max_iters and not halt:
             t0 = time.perf_counter()
             lr = get_lr(iter_num, c)
             for group in optimizer.param_groups:
                 group['lr'] = lr
             loss_sum = 0.0
-            for _ in range(c.gradient_accumulation_steps):
-                X, Y = get_batch(train_data, train_gen)
+            for micro_step in range(c.gradient_accumulation_steps):
+                # every rank draws every micro-batch of the global batch and trains on its own
+                # share, r, r+N, ...: the batches a single process would train on
+                mine = micro_step % world_size == rank
+                X, Y = get_batch(train_data, train_gen, keep=mine)
+                if not mine:
+                    continue
+                if ddp:  # all-reduce the gradients in this rank's last backward only
+                    train_model.require_backward_grad_sync = \
+                        micro_step >= c.gradient_accumulation_steps - world_size
                 with ctx:
-                    _, loss = model(X, Y)
-                (loss / c.gradient_accumulation_steps).backward()
+                    _, loss = train_model(X, Y)
+                (loss / grad_accum).backward()  # DDP's average over ranks does the rest
                 loss_sum += loss.detach()
             if c.grad_clip > 0.0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            lossf = loss_sum.item() / c.gradient_accumulation_steps  # .item() waits for the GPU
+            lossf, halt = loss_sum.item(), bool(stop)  # .item() waits for the GPU
+            if ddp:  # the whole batch's loss for the log; Ctrl-C on any rank stops all ranks here
+                t = torch.tensor([lossf, float(halt)], device=c.device)
+                dist.all_reduce(t)
+                lossf, halt = t[0].item(), t[1].item() > 0
+            lossf /= c.gradient_accumulation_steps
             dt = time.perf_counter() - t0
             iters.append(iter_num)
             train_losses.append(lossf)
@@ -370,13 +433,17 @@ def main(argv=None):
                 entry = dict(iter=iter_num, loss=lossf, lr=lr, tokens_per_s=tokens_per_iter / dt,
                              dt_ms=dt * 1000)
                 if not c.progress:
-                    print(f'iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, '
-                          f'{tokens_per_iter / dt:,.0f} tok/s, {dt * 1000:.1f} ms')
+                    print0(f'iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, '
+                           f'{tokens_per_iter / dt:,.0f} tok/s, {dt * 1000:.1f} ms')
                 if fb_sum:  # per-layer flagged fraction, averaged over the steps since the last log
                     fb = {name: s / fb_steps for name, s in fb_sum.items()}
+                    if ddp:  # each rank flagged its own data: log the mean over ranks
+                        t = torch.tensor(list(fb.values()), dtype=torch.float64, device=c.device)
+                        dist.all_reduce(t)
+                        fb = dict(zip(fb, (t / world_size).tolist()))
                     worst = max(fb, key=fb.get)
-                    tqdm.write(f'iter {iter_num}: fallback flags {sum(fb.values()) / len(fb):.2%} of '
-                               f'blocks on average, at most {fb[worst]:.2%} ({worst})')
+                    print0(f'iter {iter_num}: fallback flags {sum(fb.values()) / len(fb):.2%} of '
+                           f'blocks on average, at most {fb[worst]:.2%} ({worst})')
                     entry['fallback'] = fb
                 log(**entry)
                 fb_sum, fb_steps = {}, 0
@@ -385,32 +452,37 @@ def main(argv=None):
             if iter_num % c.eval_interval == 0 or iter_num == c.max_iters:
                 losses, eval_iter = estimate_loss(), iter_num
                 best_val_loss = min(best_val_loss, losses['val'])
-                tqdm.write(f"iter {iter_num}: train loss {losses['train']:.4f}, "
-                           f"val loss {losses['val']:.4f}")
+                print0(f"iter {iter_num}: train loss {losses['train']:.4f}, "
+                       f"val loss {losses['val']:.4f}")
                 log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'])
                 save_checkpoint()
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old_handler)
     summary = dict(iters=iters, losses=train_losses, out_dir=c.out_dir, iter_num=iter_num,
-                   config=config, interrupted=bool(stop))
-    if stop:
+                   config=config, interrupted=halt)
+    if halt:
         save_checkpoint()
-        print(f'interrupted: saved {ckpt_path} at iter {iter_num}; continue with --resume')
+        print0(f'interrupted: saved {ckpt_path} at iter {iter_num}; continue with --resume')
+        if own_group:
+            dist.destroy_process_group()
         return summary
     if eval_iter != iter_num:  # nothing trained in this call: evaluate what there is
         losses = estimate_loss()
         best_val_loss = min(best_val_loss, losses['val'])
         save_checkpoint()
-    print(f"final: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} at iter {iter_num}")
+    print0(f"final: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+           f"at iter {iter_num}")
     summary.update(train_loss=losses['train'], val_loss=losses['val'])
 
-    if c.sample:
+    if c.sample and master:
         raw_model.eval()
         with torch.no_grad(), ctx:
             ids = raw_model.generate(torch.tensor([[prompt]], device=c.device), 200,
                                      temperature=0.8, top_k=100)[0].tolist()
         print('sample:', '-' * 60, decode(ids) if decode else ids, '-' * 68, sep='\n')
+    if own_group:
+        dist.destroy_process_group()
     return summary
 
 
