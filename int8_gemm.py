@@ -670,13 +670,44 @@ def _seed(generator):
 # public API
 
 def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None, accumulate=None):
-    """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. The tensor-core kernel runs
-    for CUDA operands without a fallback plane (wgmma on sm_90, mma.sync elsewhere), the
-    reference otherwise."""
+    """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. CUDA operands run on the
+    tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
     if (isinstance(a, QTensor) and isinstance(b, QTensor) and a.q.is_cuda and b.q.is_cuda
-            and not a.has_fallback and not b.has_fallback and cuda_available()):
+            and cuda_available()):
+        if a.has_fallback or b.has_fallback:
+            return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, gemm_cuda)
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
     return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate)
 
 
-__all__ = ["gemm", "gemm_ref", "gemm_cuda", "block_gemm_ref", "check_gemm", "GEMM_OUTS"]
+def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
+    """Operands with a fallback plane as a sum of plain GEMMs over plane pairs, each run by
+    `plain_gemm` into one fp32 accumulator; the epilogue then acts on the sum.
+
+    An interim for CUDA: the second plane is expanded to a dense int8 tensor (zero outside
+    flagged blocks), so each extra plane costs a whole GEMM whatever the flagged fraction. The
+    kernel that reads the second plane only for flagged (row-block, K-block) pairs is open work.
+    """
+    check_gemm(a, b, out, out_dtype, accumulate)
+
+    def planes(t):
+        ps = [QTensor(t.q, t.s, t.shape, t.qblock)]
+        if t.has_fallback and t.q2.shape[0] > 0:                   # nothing flagged: one plane
+            q2, s2 = second_plane(t)                               # dense, zero where unflagged
+            ps.append(QTensor(q2, s2, t.shape, t.qblock))
+        return ps
+    acc = accumulate if accumulate is not None else torch.zeros(
+        a.rows * b.rows, dtype=torch.float32, device=a.q.device)
+    for pa in planes(a):
+        for pb in planes(b):
+            plain_gemm(pa, pb, "float", accumulate=acc)
+    if accumulate is not None:
+        return accumulate
+    shape = torch.Size(shape) if shape is not None else torch.Size((a.rows, b.rows))
+    c = acc.view(shape)
+    if out == "float":
+        return c.to(out_dtype)
+    return quantize(c, a.qblock, stochastic=(out == "int8_sr"), generator=generator)
+
+
+__all__ = ["gemm", "gemm_ref", "gemm_cuda", "gemm_planes", "block_gemm_ref", "check_gemm", "GEMM_OUTS"]

@@ -132,3 +132,38 @@ def test_config_records_stats_and_validates():
     with pytest.raises(ValueError, match=">= 0"):
         quantize_fallback(x, 32, "crest", -1.0)
     assert set(RULES) == {"crest", "median", "topk"}
+
+
+@pytest.mark.parametrize("out", ["float", "int8"])
+def test_gemm_over_plane_pairs_equals_reference(out):
+    """The CUDA interim for fallback operands: plain GEMMs over plane pairs, summed. On the CPU
+    the plain GEMM is the reference, so the composition is checked here."""
+    from int8_gemm import gemm_planes, gemm_ref
+    x, dy = glu_like(96, 160, frac=0.01, seed=7), torch.randn(96, 64)
+    t, frac = quantize_fallback(x, 32, "median", 2.0)
+    assert 0 < frac < 1
+    tw = quantize(torch.randn(64, 160))
+    got = gemm_planes(t, tw, out, torch.float32, None, None, None, gemm_ref)
+    ref = gemm_ref(t, tw, out)
+    if out == "float":
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-4)
+    else:
+        assert torch.allclose(dequantize(got), dequantize(ref), rtol=1e-5, atol=1e-2)
+    # the wgrad layout: the plane on the B operand, transposed
+    tdy = quantize(dy)
+    got = gemm_planes(tdy.t(), t.t(), "float", torch.float32, None, None, None, gemm_ref)
+    assert torch.allclose(got, gemm_ref(tdy.t(), t.t()), rtol=1e-5, atol=1e-4)
+    nothing, _ = quantize_fallback(x, 32, "median", math.inf)     # no flagged block: one plane
+    assert torch.equal(gemm_planes(nothing, tw, "float", torch.float32, None, None, None,
+                                   gemm_ref), gemm_ref(quantize(x), tw))
+
+
+@pytest.mark.gpu
+def test_fallback_gemm_on_cuda_matches_reference():
+    x, w = glu_like(300, 256, frac=0.01, seed=8), torch.randn(96, 256)
+    t, frac = quantize_fallback(x.cuda(), 32, "median", 2.5)
+    tw = quantize(w.cuda())
+    assert frac > 0
+    c = mixed_gemm(t, tw)
+    ref = dequantize(t).double() @ dequantize(tw).double().t()
+    assert ((c.double() - ref).norm() / ref.norm()).item() < 1e-5
