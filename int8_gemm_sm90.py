@@ -5,7 +5,7 @@ Same math and contract as int8_gemm.py (read its docstring first): C = A @ B^T w
 and b_q (Np, Kp) int8 row-major (K-contiguous: the only layout wgmma takes for 8-bit types),
 a_s (Mp/QB, Kp/QB) and b_s (Np/QB, Kp/QB) fp32, QB = 32, 64 or 128. For each K-block the int32
 partial sum P is exact; it is "promoted" into an fp32 accumulator as acc += float(P) * s_A * s_B
-(DeepGEMM's FP8 promotion, here every QB of K). Epilogues are int8_gemm.py's per-pair store
+(DeepGEMM's FP8 promotion, here every QB of K). Epilogues are int8_gemm_mma.py's per-pair store
 functions (GEMM_STORE_SRC): fp32 / bf16 / += fp32, int8 RTN, int8 stochastic rounding.
 
 One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
@@ -39,7 +39,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from int8_gemm import GEMM_STORE_SRC, cdiv
+from int8_gemm import cdiv
+from int8_gemm_mma import GEMM_STORE_SRC
 from quantize import get_kernel, launch
 
 TILE = 128                                   # BM = BN of the kernel

@@ -34,7 +34,7 @@ the wgmma at all (time with both ~= time of wgmma alone + time of promotion alon
 warpgroup does which when; ordering the issue cannot hide what the SM will not run side by side.
 """
 import int8_gemm_sm90 as sm90
-from int8_gemm import GEMM_STORE_SRC
+from int8_gemm_mma import GEMM_STORE_SRC
 
 PP_CONSUME_SRC = r"""
 constexpr int TURN0 = 2;                     // named barriers 2, 3 (0: __syncthreads, 1: epilogue)
