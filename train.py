@@ -419,6 +419,11 @@ def main(argv=None):
                 dist.all_reduce(t)
                 lossf, halt = t[0].item(), t[1].item() > 0
             lossf /= c.gradient_accumulation_steps
+            if not math.isfinite(lossf):  # every rank sees the reduced loss, so all stop here
+                raise FloatingPointError(
+                    f'iter {iter_num}: the loss is {lossf}, the run diverged. The checkpoint of the '
+                    f'last evaluation in {c.out_dir} is intact (nothing is saved now): lower '
+                    f'learning_rate and --resume, or start over')
             dt = time.perf_counter() - t0
             iters.append(iter_num)
             train_losses.append(lossf)

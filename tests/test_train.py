@@ -200,3 +200,19 @@ def test_data_token_bins(tmp_path, capsys):
     with open(tmp_path / 'meta.pkl', 'wb') as f:
         pickle.dump({'vocab_size': 384}, f)
     assert train.load_data(str(tmp_path))[2] == 384
+
+
+def test_diverged_run_stops_with_a_clear_error(tmp_path, monkeypatch):
+    """A NaN loss (on CUDA the int8 kernels carry NaN through as NaN scales) stops the run
+    instead of training on: the last evaluation's checkpoint stays as it was."""
+    import model
+    real = model.F.cross_entropy
+    calls = []
+
+    def nan_after_three(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 3 else loss
+    monkeypatch.setattr(model.F, "cross_entropy", nan_after_three)
+    with pytest.raises(FloatingPointError, match="iter 3: the loss is nan, the run diverged"):
+        run(tmp_path, "--eval_interval=100")
