@@ -287,7 +287,10 @@ def bench_block(device, widths, style, B, T):
                 with amp:
                     y = block(x)
                 y.backward(dout)
-            y, held = saved_bytes(lambda: block(x), block)
+            def forward():
+                with amp:              # what a training step holds: bf16 autocast on the GPU
+                    return block(x)
+            y, held = saved_bytes(forward, block)
             del y
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()

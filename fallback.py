@@ -52,11 +52,17 @@ DEFAULT_THRESHOLD = 2.5
 # ---------------------------------------------------------------------------------------------
 # the rule
 
-def outlier_scores(xp, qblock, rule):
-    """Score of every block of a padded 2-D fp32 tensor: (R/QB, C/QB). Flag = score > threshold."""
+def outlier_scores(xp, qblock, rule, logical=None):
+    """Score of every block of a padded 2-D fp32 tensor: (R/QB, C/QB). Flag = score > threshold.
+    logical = (rows, cols) before padding: the block rms counts real elements only."""
     amax = block_absmax(xp, qblock)                                # (R/QB, C/QB)
     if rule == "crest":
-        rms = blocks(xp, qblock).square().mean(dim=(1, 3)).sqrt()  # (R/QB, C/QB)
+        R, C = xp.shape
+        rows, cols = logical if logical is not None else (R, C)
+        r = (rows - torch.arange(0, R, qblock, device=xp.device)).clamp(0, qblock)
+        c = (cols - torch.arange(0, C, qblock, device=xp.device)).clamp(0, qblock)
+        count = (r[:, None] * c[None, :]).clamp_min(1)             # real elements per block
+        rms = (blocks(xp, qblock).square().sum(dim=(1, 3)) / count).sqrt()
         return amax / rms.clamp_min(1e-30)
     if rule in ("median", "topk"):
         nonzero = amax[amax > 0]
@@ -65,9 +71,9 @@ def outlier_scores(xp, qblock, rule):
     raise ValueError(f"unknown fallback rule {rule!r}; choose one of {RULES}")
 
 
-def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD):
+def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, logical=None):
     """Boolean (R/QB, C/QB) grid of blocks that fall back to two planes."""
-    scores = outlier_scores(xp, qblock, rule)
+    scores = outlier_scores(xp, qblock, rule, logical)
     if rule == "topk":
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"the 'topk' rule takes a fraction in [0, 1], got {threshold}")
@@ -109,7 +115,7 @@ def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THR
     check_finite(x)
     t = quantize(x, qblock, stochastic, generator)
     xp = pad_2d(as_2d(x).float(), qblock)                          # (R, C) fp32, padded
-    flags = outlier_flags(xp, qblock, rule, threshold)
+    flags = outlier_flags(xp, qblock, rule, threshold, logical=(t.rows, t.cols))
     add_second_plane(t, xp, flags)
     return t, flagged_fraction(t)
 

@@ -54,12 +54,13 @@ def block_gemm_ref(a_q, a_s, b_q, b_s, qblock):
     Mp, Kp = a_q.shape
     Np = b_q.shape[0]
     acc = torch.zeros(Mp // QB, QB, Np // QB, QB, device=a_q.device)
-    for kb in range(Kp // QB):
-        k = slice(kb * QB, (kb + 1) * QB)
-        # int8 values are exact in fp32 and every partial sum is an integer below 2^24
-        p = a_q[:, k].float() @ b_q[:, k].float().t()              # (Mp, Np) exact
-        scale = a_s[:, kb, None] * b_s[None, :, kb]                 # (Mp/QB, Np/QB)
-        acc += p.view(Mp // QB, QB, Np // QB, QB) * scale[:, None, :, None]
+    with torch.autocast(a_q.device.type, enabled=False):   # bf16 would round the exact sums
+        for kb in range(Kp // QB):
+            k = slice(kb * QB, (kb + 1) * QB)
+            # int8 values are exact in fp32 and every partial sum is an integer below 2^24
+            p = a_q[:, k].float() @ b_q[:, k].float().t()              # (Mp, Np) exact
+            scale = a_s[:, kb, None] * b_s[None, :, kb]                 # (Mp/QB, Np/QB)
+            acc += p.view(Mp // QB, QB, Np // QB, QB) * scale[:, None, :, None]
     return acc.view(Mp, Np)
 
 

@@ -144,7 +144,9 @@ def parse_config(argv):
             try:
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):
-                pass  # keep the string; set_value says so if the key wants another type
+                if types.get(key) is float and value.lower() in ('inf', '-inf'):
+                    value = float(value)  # --fallback_threshold=inf: plain int8
+                # else keep the string; set_value says so if the key wants another type
         set_value(key, value, arg)
     return config, set_keys
 

@@ -167,3 +167,13 @@ def test_fallback_gemm_on_cuda_matches_reference():
     c = mixed_gemm(t, tw)
     ref = dequantize(t).double() @ dequantize(tw).double().t()
     assert ((c.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_crest_ignores_the_zero_padding():
+    """An edge block with 4 real columns must score like a full block of the same data."""
+    torch.manual_seed(9)
+    x = torch.randn(256, 36)                          # last block column: 4 real of 32
+    t, frac = quantize_fallback(x, 32, "crest", 6.0)
+    assert frac == 0.0, frac
+    flags = outlier_flags(pad_2d(x, 32), 32, "crest", 6.0)
+    assert flags[:, 1].any()                          # what counting the padding would do

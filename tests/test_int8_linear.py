@@ -126,3 +126,13 @@ def test_int8_linear_rejects_bad_input():
         lin(torch.ones(4, 64, dtype=torch.long))
     with pytest.raises(ValueError, match="NaN or Inf"):
         lin(torch.full((4, 64), float("nan")))
+
+
+def test_gemm_is_exact_under_autocast():
+    """Under bf16 autocast a float matmul would round the int32 partial sums to 8 bits."""
+    torch.manual_seed(13)
+    a, ta = int_operand(64, 256)
+    b, tb = int_operand(32, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = gemm(ta, tb)
+    assert torch.equal(c.double(), a.double() @ b.double().t())

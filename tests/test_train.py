@@ -120,6 +120,8 @@ def test_config_flags_and_values():
     assert config['n_layer'] is None and 'n_layer' not in set_keys  # picked later, by device
     assert set_keys == {'int8', 'fallback', 'max_iters', 'learning_rate', 'out_dir', 'data',
                         'grad_clip', 'sample'}
+    config, _ = train.parse_config(['--fallback_threshold=inf'])  # DESIGN's plain-int8 limit
+    assert config['fallback_threshold'] == float('inf')
 
 
 @pytest.mark.parametrize('argv, message', [
