@@ -305,6 +305,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
+        self.fb.stats.clear()                         # fallback_stats() describes this forward
         x = self.transformer.wte(idx).float() + self.transformer.wpe(pos).float()  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)

@@ -221,6 +221,7 @@ def main(argv=None):
     master = rank == 0
     if ddp and 'cuda' in config['device']:
         config['device'] = f"cuda:{os.environ['LOCAL_RANK']}"
+    if 'cuda' in config['device']:  # the CuPy kernels launch on the current device
         torch.cuda.set_device(config['device'])
     own_group = ddp and not dist.is_initialized()  # a caller may have made one (the tests do)
     if own_group:

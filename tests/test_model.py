@@ -85,6 +85,9 @@ def test_fallback_stats_name_every_quantized_activation():
     assert all(0.0 <= f <= 1.0 for f in stats.values())
     plain, _, _ = loss_and_grads(tiny("llama", int8=True))
     assert plain.fallback_stats() == {}
+    model.fb.stats["stale.name"] = 1.0                 # a name the next forward does not write
+    model(torch.randint(0, 256, (2, 64)))
+    assert "stale.name" not in model.fallback_stats()
 
 
 def test_int8_saves_less_for_backward():
