@@ -67,7 +67,7 @@ def load_or_train(path, style, iters):
 
 def val_batches(block_size, n, batch_size=16, seed=0):
     """n batches of (batch_size, block_size) token ids from the stdlib corpus's val split."""
-    from train import load_data
+    from data import load_data
     _, val, _, _, _ = load_data("stdlib")
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import data
 import train
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32', '--batch_size=8',
@@ -178,15 +179,15 @@ def test_data_text_folder(tmp_path):
     (tmp_path / 'a.txt').write_bytes(b'A' * 40)
     (tmp_path / 'sub' / 'c.py').write_bytes(b'C' * 30)
     (tmp_path / 'skip.bin').write_bytes(b'X' * 100)
-    tr, val, vocab, decode, prompt = train.load_data(str(tmp_path))
+    tr, val, vocab, decode, prompt = data.load_data(str(tmp_path))
     assert decode(np.concatenate([tr, val])) == 'A' * 40 + 'B' * 30 + 'C' * 30  # sorted by path
     assert (len(tr), len(val), vocab, prompt) == (90, 10, 256, ord('\n'))
 
 
 def test_data_stdlib_is_deterministic():
-    tr, val, vocab, _, _ = train.load_data('stdlib')
-    assert vocab == 256 and len(tr) > 10**6 and len(tr) + len(val) <= train.STDLIB_CAP
-    assert bytes(tr[:1000]) == train.stdlib_bytes()[:1000]
+    tr, val, vocab, _, _ = data.load_data('stdlib')
+    assert vocab == 256 and len(tr) > 10**6 and len(tr) + len(val) <= data.STDLIB_CAP
+    assert bytes(tr[:1000]) == data.stdlib_bytes()[:1000]
 
 
 def test_data_token_bins(tmp_path, capsys):
@@ -201,7 +202,7 @@ def test_data_token_bins(tmp_path, capsys):
     assert 'sample:\n' + '-' * 60 + '\n[' in out  # no decoder: the sample is token ids
     with open(tmp_path / 'meta.pkl', 'wb') as f:
         pickle.dump({'vocab_size': 384}, f)
-    assert train.load_data(str(tmp_path))[2] == 384
+    assert data.load_data(str(tmp_path))[2] == 384
 
 
 def test_diverged_run_stops_with_a_clear_error(tmp_path, monkeypatch):
