@@ -17,23 +17,11 @@ import torch
 import torch.nn as nn
 
 from int8_gemm import GEMM_OUTS, block_gemm_ref, check_gemm, gemm, gemm_ref  # noqa: F401
-from quantize import QTensor, check_float, quantize
+from quantize import check_float, load_q, quantize, save_q
 
 
 # ---------------------------------------------------------------------------------------------
 # the linear layer
-
-def save_q(ctx, *qtensors):
-    """Save QTensors for backward through save_for_backward (so saved-tensor hooks see them)."""
-    ctx.q_meta = [(t.shape, t.qblock) for t in qtensors]
-    ctx.save_for_backward(*[x for t in qtensors for x in t.tensors()])
-
-
-def load_q(ctx):
-    saved = ctx.saved_tensors
-    return [QTensor.from_tensors(saved[5 * i:5 * i + 5], shape, qblock)
-            for i, (shape, qblock) in enumerate(ctx.q_meta)]
-
 
 def linear_fwd(x_q, w_q, out="float", out_dtype=torch.float32):
     """Y = X @ W^T. x_q logical (..., K), w_q (N, K) -> Y of logical shape (..., N)."""
@@ -97,4 +85,4 @@ class Int8Linear(nn.Linear):
 
 
 __all__ = ["gemm", "gemm_ref", "block_gemm_ref", "linear_fwd", "linear_dgrad", "linear_wgrad",
-           "Int8Linear", "Int8LinearFunction", "save_q", "load_q"]
+           "Int8Linear", "Int8LinearFunction"]

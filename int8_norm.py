@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from fallback import quantize_out
 from quantize import (QTensor, as_2d, check_finite, check_float, check_qblock, dequantize,
-                      on_cuda, quantize)
+                      load_q, on_cuda, quantize, save_q)
 
 # ---------------------------------------------------------------------------------------------
 # input checks
@@ -218,31 +218,20 @@ def rmsnorm_bwd(dy, xhat_q, rstd, weight):
 # autograd Functions and modules, for standalone use and tests. The model fuses the norm into a
 # larger Function so y_q goes straight into the GEMM; here y_q is dequantized at the boundary.
 
-def _save_q(ctx, t, *tensors):
-    """Save a QTensor's int8 data and scales (plus other tensors) through save_for_backward."""
-    ctx.q_shape, ctx.qblock = t.shape, t.qblock
-    ctx.save_for_backward(t.q, t.s, *tensors)
-
-
-def _load_q(ctx):
-    q, s, *rest = ctx.saved_tensors
-    return QTensor(q, s, ctx.q_shape, ctx.qblock), rest
-
-
 class Int8LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, qblock):
         y_q, xhat_q, rstd = layernorm_fwd(x, weight, bias, qblock, eps)
-        _save_q(ctx, xhat_q, rstd, weight)
+        save_q(ctx, xhat_q, rstd, weight)
         ctx.has_bias, ctx.x_dtype = bias is not None, x.dtype
         return dequantize(y_q)                                 # (..., C) fp32, int8-rounded
 
     @staticmethod
     def backward(ctx, dout):
-        xhat_q, (rstd, weight) = _load_q(ctx)
+        xhat_q, rstd, weight = load_q(ctx)
         # the gradient enters the int8 data flow here: stochastic rounding keeps it unbiased
-        dy_q = quantize(dout, ctx.qblock, stochastic=True)     # (..., C) int8
+        dy_q = quantize(dout, xhat_q.qblock, stochastic=True)     # (..., C) int8
         dx, dweight, dbias = layernorm_bwd(dy_q, xhat_q, rstd, weight, ctx.has_bias)
         return dx.to(ctx.x_dtype), dweight, dbias, None, None
 
@@ -252,14 +241,14 @@ class Int8RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps, qblock):
         y_q, xhat_q, rstd = rmsnorm_fwd(x, weight, qblock, eps)
-        _save_q(ctx, xhat_q, rstd, weight)
+        save_q(ctx, xhat_q, rstd, weight)
         ctx.x_dtype = x.dtype
         return dequantize(y_q)                                 # (..., C) fp32, int8-rounded
 
     @staticmethod
     def backward(ctx, dout):
-        xhat_q, (rstd, weight) = _load_q(ctx)
-        dy_q = quantize(dout, ctx.qblock, stochastic=True)     # (..., C) int8
+        xhat_q, rstd, weight = load_q(ctx)
+        dy_q = quantize(dout, xhat_q.qblock, stochastic=True)     # (..., C) int8
         dx, dweight = rmsnorm_bwd(dy_q, xhat_q, rstd, weight)
         return dx.to(ctx.x_dtype), dweight, None, None
 

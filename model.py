@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from fallback import DEFAULT_RULE, DEFAULT_THRESHOLD, FallbackConfig
 from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd
-from int8_linear import linear_dgrad, linear_fwd, linear_wgrad, load_q, save_q
+from int8_linear import linear_dgrad, linear_fwd, linear_wgrad
 from int8_norm import layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd
-from quantize import check_qblock, quantize
+from quantize import check_qblock, load_q, quantize, save_q
 
 
 @dataclass
@@ -120,15 +120,13 @@ class NormLinear(torch.autograd.Function):
         w_q = quantize(w, spec.qblock)                                   # (3C, C) int8
         # --- GEMM: qkv = A @ W^T ---
         qkv = linear_fwd(a_q, w_q, out="float", out_dtype=out_dtype)     # (B, T, 3C)
-        save_q(ctx, a_q, xhat_q, w_q)
-        ctx.extra = (rstd, ln_w)
+        save_q(ctx, a_q, xhat_q, w_q, rstd, ln_w)
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return qkv
 
     @staticmethod
     def backward(ctx, dqkv):
-        a_q, xhat_q, w_q = load_q(ctx)
-        rstd, ln_w = ctx.extra
+        a_q, xhat_q, w_q, rstd, ln_w = load_q(ctx)
         spec = ctx.spec
         dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
         # --- GEMM: dA = dqkv @ W ---
@@ -176,15 +174,13 @@ class NormMLPResidual(torch.autograd.Function):
         g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
         # --- GEMM: out = x + G @ W_proj^T ---
         out = x + linear_fwd(g_q, proj_q)                                # (B, T, C) fp32
-        save_q(ctx, a_q, xhat_q, h_q, g_q, fc_q, proj_q)
-        ctx.extra = (rstd, ln_w)
+        save_q(ctx, a_q, xhat_q, h_q, g_q, fc_q, proj_q, rstd, ln_w)
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        a_q, xhat_q, h_q, g_q, fc_q, proj_q = load_q(ctx)
-        rstd, ln_w = ctx.extra
+        a_q, xhat_q, h_q, g_q, fc_q, proj_q, rstd, ln_w = load_q(ctx)
         spec = ctx.spec
         dout_q = spec.quantize_grad(dout, "mlp.c_proj")                  # (B, T, C) int8
         # --- GEMM: dG = dout @ W_proj ---

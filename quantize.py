@@ -108,6 +108,26 @@ class QTensor:
         return n
 
 
+def save_q(ctx, *items):
+    """Save QTensors and plain tensors (or None) for backward through ctx.save_for_backward, so
+    saved-tensor hooks see every byte; load_q(ctx) returns them in the same order."""
+    ctx.q_meta = [(t.shape, t.qblock) if isinstance(t, QTensor) else None for t in items]
+    ctx.save_for_backward(*[x for t in items
+                            for x in (t.tensors() if isinstance(t, QTensor) else (t,))])
+
+
+def load_q(ctx):
+    saved, items, i = ctx.saved_tensors, [], 0
+    for meta in ctx.q_meta:
+        if meta is None:                                       # a plain tensor: one slot
+            items.append(saved[i])
+            i += 1
+        else:                                                  # a QTensor: five slots
+            items.append(QTensor.from_tensors(saved[i:i + 5], *meta))
+            i += 5
+    return items
+
+
 # ---------------------------------------------------------------------------------------------
 # input checks shared by every op
 
