@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from int8_gemm_mma import GEMM_SRC
-from quantize import QTensor, cuda_available, get_kernel, launch, quantize, second_plane
+from quantize import QTensor, get_kernel, launch, on_cuda, quantize, second_plane
 
 GEMM_OUTS = ("float", "int8", "int8_sr")
 
@@ -41,9 +41,10 @@ GEMM_OUTS = ("float", "int8", "int8_sr")
 # reference
 
 def _planes(t):
-    """An operand as a list of (q (R, C) int8, s (R/QB, C/QB) fp32) planes that sum to it."""
+    """An operand as a list of (q (R, C) int8, s (R/QB, C/QB) fp32) planes that sum to it: the
+    plain blocks, plus the dense second plane (zero where unflagged) if any block is flagged."""
     planes = [(t.q, t.s)]
-    if t.has_fallback:
+    if t.has_fallback and t.q2.shape[0] > 0:
         planes.append(second_plane(t))
     return planes
 
@@ -242,8 +243,7 @@ def _seed(generator):
 def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None, accumulate=None):
     """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. CUDA operands run on the
     tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
-    if (isinstance(a, QTensor) and isinstance(b, QTensor) and a.q.is_cuda and b.q.is_cuda
-            and cuda_available()):
+    if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
         if a.has_fallback or b.has_fallback:
             return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, gemm_cuda)
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
@@ -259,18 +259,12 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
     kernel that reads the second plane only for flagged (row-block, K-block) pairs is open work.
     """
     check_gemm(a, b, out, out_dtype, accumulate)
-
-    def planes(t):
-        ps = [QTensor(t.q, t.s, t.shape, t.qblock)]
-        if t.has_fallback and t.q2.shape[0] > 0:                   # nothing flagged: one plane
-            q2, s2 = second_plane(t)                               # dense, zero where unflagged
-            ps.append(QTensor(q2, s2, t.shape, t.qblock))
-        return ps
     acc = accumulate if accumulate is not None else torch.zeros(
         a.rows * b.rows, dtype=torch.float32, device=a.q.device)
-    for pa in planes(a):
-        for pb in planes(b):
-            plain_gemm(pa, pb, "float", accumulate=acc)
+    for a_q, a_s in _planes(a):
+        for b_q, b_s in _planes(b):
+            plain_gemm(QTensor(a_q, a_s, a.shape, a.qblock), QTensor(b_q, b_s, b.shape, b.qblock),
+                       "float", accumulate=acc)
     if accumulate is not None:
         return accumulate
     shape = torch.Size(shape) if shape is not None else torch.Size((a.rows, b.rows))
