@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from bench import saved_bytes
 from model import GPT, GPTConfig
 
 STYLES = {"gpt2": dict(mlp="gelu", norm="layernorm"), "llama": dict(mlp="swiglu", norm="rmsnorm")}
@@ -95,19 +96,8 @@ def test_int8_saves_less_for_backward():
     def saved(cfg):
         torch.manual_seed(0)
         model = GPT(cfg)
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen, total = set(), [0]
-
-        def pack(t):
-            key = t.untyped_storage().data_ptr()
-            if key not in params and key not in seen:
-                seen.add(key)
-                total[0] += t.untyped_storage().nbytes()
-            return t
         idx = torch.randint(0, 256, (4, 64))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(idx, idx)
-        return total[0]
+        return saved_bytes(lambda: model(idx, idx), model)[1]
     for style in STYLES:
         assert saved(tiny(style, int8=True)) < 0.6 * saved(tiny(style))
 
