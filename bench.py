@@ -179,13 +179,15 @@ def bench_gemm(device, shapes, qblocks=(32, 128)):
     torch._int_mm (plain int8, no scales). Operands are made directly in the kernel's TN layout
     (QTensor.t() is not timed). rel_err: the first 256 rows of C (dequantized) against the
     reference block-scaled product, checked before timing. Each kernel gets its row: mma.sync
-    (% peak of its ~1.3 POPS ceiling) and, on sm_90, wgmma and wgmma_pp (% of ~2.0 POPS)."""
+    (% peak of its ~1.3 POPS ceiling) and, on sm_90, wgmma (the default: magic-number promotion at
+    QB = 32 and 64) and wgmma_exact (% of ~2.0 POPS); the ping-pong variant's numbers are in
+    notes/gemm_sm90.md."""
     from int8_gemm import gemm_cuda, gemm_ref
     from quantize import QTensor
     cuda = device.type == "cuda"
     kernels = [(None, 1300)]                          # CPU: the reference, through gemm()
     if cuda:                                          # (kernel, its int8 ceiling in TOPS)
-        kernels = [("mma", 1300)] + ([("wgmma", 2000), ("wgmma_pp", 2000)] if
+        kernels = [("mma", 1300)] + ([("wgmma", 2000), ("wgmma_exact", 2000)] if
                                      torch.cuda.get_device_capability(device) == (9, 0) else [])
 
     def time_ms(fn, reps=20):

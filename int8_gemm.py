@@ -7,7 +7,10 @@ The math (DESIGN §2). With A (M, K) and B (N, K) quantized in QB x QB blocks,
                    P_kb     = A_q[:, kb] @ B_q[:, kb]^T        exact int32, |P| <= QB * 127^2
 
 For each K-block the int8 partial sum is exact; only the rescale into the fp32 accumulator
-rounds. |P| <= 128 * 127^2 = 2.06M < 2^24, so the reference may even compute P in fp32 and stay
+rounds (in the reference and the exact kernels as one fp32 multiply-add per K-block; the wgmma
+kernel's default "magic-number" promotion at QB = 32 and 64 trades that for one instruction
+less per element, and lands within about one unit of each K-block's s_A * s_B of it: see
+int8_gemm_sm90.py). |P| <= 128 * 127^2 = 2.06M < 2^24, so the reference may even compute P in fp32 and stay
 exact. Epilogues:
     out='float'    C in fp32 or bf16, or added into an existing fp32 tensor (`accumulate`)
     out='int8'     C re-quantized in QB x QB blocks, round to nearest: forward activations
@@ -26,7 +29,7 @@ Operands with a fallback plane (fallback.py) are a sum over plane pairs: on CUDA
 one tensor-core GEMM per pair (gemm_planes, an interim: the cost does not yet shrink with the
 flagged fraction), elsewhere the reference.
 """
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import torch
@@ -155,6 +158,9 @@ def _check_operand(t, name):
                          f"offsets need fewer than 2^31")
 
 
+KERNELS = ("auto", "mma", "wgmma", "wgmma_exact", "wgmma_pp")
+
+
 def _auto_kernel(device_index):
     """'wgmma' (int8_gemm_sm90.py) on Hopper (sm_90), 'mma' (this file) elsewhere."""
     return "wgmma" if torch.cuda.get_device_capability(device_index) == (9, 0) else "mma"
@@ -163,10 +169,13 @@ def _auto_kernel(device_index):
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto"):
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors without fallback).
-    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' | 'wgmma_pp' (ping-pong; sm_90a only)."""
+    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion at
+    QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
+    int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
+    (ping-pong, exact)."""
     check_gemm(a, b, out, out_dtype, accumulate)
-    if kernel not in ("auto", "mma", "wgmma", "wgmma_pp"):
-        raise ValueError(f"kernel must be 'auto', 'mma', 'wgmma' or 'wgmma_pp', got {kernel!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     _check_operand(a, "a")
     _check_operand(b, "b")
     QB = a.qblock
@@ -180,14 +189,15 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     device = a.q.device
     if kernel == "auto":
         kernel = _auto_kernel(device.index)
-    if kernel in ("wgmma", "wgmma_pp"):
+    if kernel != "mma":
         if torch.cuda.get_device_capability(device) != (9, 0):
             raise ValueError(f"gemm_cuda: kernel={kernel!r} needs an sm_90 GPU (H100/H200), got "
                              f"{torch.cuda.get_device_name(device)}")
-        if kernel == "wgmma":
-            import int8_gemm_sm90 as sm90
-        else:
+        if kernel == "wgmma_pp":
             import int8_gemm_sm90_pp as sm90
+        else:
+            import int8_gemm_sm90 as sm90
+        exact = {"exact": True} if kernel == "wgmma_exact" else {}
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)    # one CTA per 128 x 128 tile
     block = (256,)                                             # 8 warps, 64 x 32 each
     smem = _smem_bytes(QB)
@@ -202,7 +212,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
         else:
             c = _empty(shape, out_dtype, device)
         if kernel != "mma":
-            sm90.launch_float(a, b, c, M, N, accumulate is not None)
+            sm90.launch_float(a, b, c, M, N, accumulate is not None, **exact)
             return c
         launch(_kernel("gemm_float_kernel", QB, device.index), grid, block,
                ab + (c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np), np.int32(Kp),
@@ -214,7 +224,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     stochastic = out == "int8_sr"
     seed = _seed(generator) if stochastic else 0
     if kernel != "mma":
-        sm90.launch_int8(a, b, q, s, stochastic, seed)
+        sm90.launch_int8(a, b, q, s, stochastic, seed, **exact)
         return QTensor(q, s, shape, QB)
     launch(_kernel("gemm_int8_kernel", QB, device.index), grid, block,
            ab + (q, s, np.int32(Mp), np.int32(Np), np.int32(Kp), np.int32(stochastic),
@@ -245,7 +255,10 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
     tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
         if a.has_fallback or b.has_fallback:
-            return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, gemm_cuda)
+            # the exact promotion: fallback's point is precision (threshold 0 ~ a 16-bit GEMM)
+            exact = "wgmma_exact" if _auto_kernel(a.q.device.index) == "wgmma" else "auto"
+            return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate,
+                               partial(gemm_cuda, kernel=exact))
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
     return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate)
 

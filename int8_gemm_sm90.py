@@ -24,15 +24,28 @@ One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
     every consumer thread arrives on empty[s] and the producer refills the slot.
 
 The two consumer warpgroups interleave too: one's promotion runs while the other's wgmma
-occupies the tensor cores. Per accumulator element per K-block the promotion is I2FP + FFMA
-(2 instructions, the floor without packed FP32); at QB = 32 that issue work, not the tensor
-cores, bounds the kernel (2 x 16384 per K-block per CTA over 4 x 32 lanes = 256 cycles vs 128
-of wgmma). Partial tiles: rows past Mp / Np and K past Kp are zero-filled by cp.async (src-size
-0), their scales load as 0, and the stores are masked; so any Mp, Np, Kp multiple of QB works.
+occupies the tensor cores. Partial tiles: rows past Mp / Np and K past Kp are zero-filled by
+cp.async (src-size 0), their scales load as 0, and the stores are masked; so any Mp, Np, Kp
+multiple of QB works.
 
-Measured on an H100 (notes/gemm_sm90.md): 0.64-0.89x the time of the mma.sync kernel; QB = 32
-216-449 TOPS (0.33-0.58x cuBLAS bf16), QB = 128 290-762 TOPS (0.45-0.96x). Limits: the
-promotion's issue work at QB = 32, operand delivery (cp.async, 128 x 128 tiles) at QB = 128.
+Two promotions, one K loop each (consume()); _source() picks one per launch:
+  exact (SM90_CONSUME_SRC)        acc = fma(float(D), s_A s_B, acc): I2FP + FFMA per element per
+                                  K-block, bit for bit the reference's rounding order but for FMA
+  magic (SM90_CONSUME_MAGIC_SRC)  D is seeded with the bits of 1.5 * 2^23, so that it *is* a float
+                                  and acc = fma(coef, D, acc) needs no conversion (its comment
+                                  derives it); the default at QB = 32 and 64 when K splits into
+                                  groups of 256 or 512. Error: within about one unit of each
+                                  K-block's s_A s_B of the exact sums (~4e-5 relative on random
+                                  data), 100x below what int8 rounding of the operands costs.
+The promotion, not the tensor cores, bounds the kernel: at QB = 32 the wgmma work alone runs at
+~1.3 POPS, but the promotion does not overlap it (notes/gemm_sm90.md), so every instruction per
+element per K-block counts. SASS per element per K-block (consumer loop, QB = 32): exact 2.62
+(I2FP 1, FFMA 1, other 0.62), magic 1.90 with K-groups of 16 (FFMA 1.15, seeding MOV 0.13,
+other 0.62).
+
+Measured on an H100 (results/bench_gpu.md), against cuBLAS bf16 over the 15 GEMM rows: QB = 32
+magic 0.37-0.78x, exact 0.34-0.63x; QB = 64 magic 0.43-0.97x; QB = 128 0.47-1.07x. Limits: the
+promotion's issue work at QB = 32 and 64, operand delivery (cp.async, 128 x 128 tiles) at 128.
 """
 from functools import lru_cache
 
@@ -77,7 +90,10 @@ constexpr int RBS = BM / QB, CBS = BN / QB;  // scale blocks along a tile side: 
 constexpr int TILE_BYTES = BM * BK;          // 16 KB, 1024-aligned (the swizzle atom)
 constexpr int SCALE_FLOATS = (RBS + CBS) * KBS;        // per stage: s_A [KBS][RBS], s_B [KBS][CBS]
 constexpr int NACC = BN / 2;                 // accumulators per consumer thread: 64 x 128 / 128
-constexpr int G = KBS > 2 ? KBS : 2;         // K-blocks per consumer loop iteration: 4, 2, 2
+#ifndef KGROUP
+#define KGROUP (KBS > 2 ? KBS : 2)
+#endif
+constexpr int G = KGROUP;                    // K-blocks per consumer loop iteration: 4, 2, 2
 constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
 static_assert(BM == 128 && BN == 128 && BK == 128, "the copy mapping below assumes 128 x 128 B");
@@ -212,7 +228,9 @@ __device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], unsi
 }
 
 // Issue K-block kb into d: wait for its stage to land (first K-block of a stage), then
-// KSTEPS wgmma k32 steps, the first overwriting D (scale-d = 0), one commit group.
+// KSTEPS wgmma k32 steps, one commit group. The first step overwrites D (scale-d = 0) unless
+// SEEDED: then every step adds to D (the magic-number promotion seeds D itself).
+template <bool SEEDED = false>
 __device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int kb, int wg) {
     const int kt = kb / KBS, j = kb % KBS, slot = kt % STAGES;
     if (j == 0) { mbar_wait(base + SMEM_BAR + 8 * slot, (kt / STAGES) & 1); fence_proxy_async(); }
@@ -220,7 +238,7 @@ __device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int 
     wgmma_fence();
     #pragma unroll
     for (int s = 0; s < KSTEPS; ++s)
-        wgmma_m64n128k32_s8(d, smem_desc(sA + j * QB + 32 * s), smem_desc(sB + j * QB + 32 * s), s > 0);
+        wgmma_m64n128k32_s8(d, smem_desc(sA + j * QB + 32 * s), smem_desc(sB + j * QB + 32 * s), SEEDED || s > 0);
     wgmma_commit();
 }
 
@@ -255,6 +273,100 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int K
         }
         wgmma_wait<0>();
         finish_kblock(acc, d[(G - 1) % 2], base, kb + G - 1, rb);
+    }
+}
+
+"""
+
+# consume() with the magic-number promotion: 1 FFMA per accumulator element per K-block
+SM90_CONSUME_MAGIC_SRC = r"""
+// The magic-number promotion. Seed D with the bits of 1.5 * 2^23 (MAGIC_BITS) and let every
+// wgmma *add* its int32 sums into D: after K-blocks k1..k of a buffer, D's bits are those of the
+// float F_k = MAGIC + S_k, S_k = P_k1 + ... + P_k, exactly, as long as |S_k| < 2^22 (the floats
+// in [2^23, 2^24) are the integers, and an integer add moves along them). So D is read as a
+// float with no conversion instruction. The promotion wants sum_k c_k P_k (c_k = s_A s_B of
+// K-block k) and P_k = S_k - S_k', with k' the buffer's previous K-block, so by Abel summation
+//     sum_k c_k P_k = sum_k (c_k - c_next(k)) F_k  -  MAGIC * c_first       (c_next(last) = 0)
+// one FFMA per element per K-block (acc += coef * F_k), plus per group of G K-blocks: re-seeding
+// both buffers (2 MOV) and the two bias terms (2 FFMA). Each buffer sums G/2 K-blocks of at most
+// QB * 127^2, so G/2 * QB <= 256 keeps |S| < 2^22. The bias of a buffer is subtracted before its
+// last term is added, so that with unit scales every intermediate is an integer below 2^24 and
+// the result is exact. With general scales the intermediates carry ~MAGIC * c, so each FFMA
+// rounds at ~0.5 ulp(2^24 c) = c/2 in absolute terms: about 1e-5 of a typical output, 100x
+// below the int8 quantization error of P, but not the exact fp32 promotion of int8_gemm_sm90.
+constexpr int MAGIC_BITS = 0x4B400000;       // 12582912.f = 1.5 * 2^23
+constexpr float MAGIC = 12582912.f;
+static_assert(G % 2 == 0 && G / 2 * QB <= 256, "a D buffer may sum at most 256 of K (|S| < 2^22)");
+
+__device__ __forceinline__ void wait_stage(unsigned base, int kb) {
+    const int kt = kb / KBS;
+    mbar_wait(base + SMEM_BAR + 8 * (kt % STAGES), (kt / STAGES) & 1);
+}
+// c[cb] = s_A[rb, kb] * s_B[cb, kb]: the scale products of K-block kb (its stage has landed)
+__device__ __forceinline__ void scale_products(float (&c)[CBS], unsigned base, int kb, int rb) {
+    const float* s = (const float*)__cvta_shared_to_generic(
+        base + SMEM_S + 4 * ((kb / KBS) % STAGES * SCALE_FLOATS));
+    const int j = kb % KBS;
+    const float sa = s[j * RBS + rb];
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) c[cb] = sa * s[RBS * KBS + j * CBS + cb];
+}
+__device__ __forceinline__ void sub_bias(float (&acc)[NACC], const float (&c)[CBS]) {
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = fmaf(-MAGIC, c[(i / 4) * 8 / QB], acc[i]);
+}
+// acc += (c_kb - c_{kb+2}) * F_kb. c holds c_kb on entry and c_{kb+2} on exit (the next
+// K-block of this buffer, read ahead from its stage); `last`: no next K-block in this group.
+__device__ __forceinline__ void promote_magic(float (&acc)[NACC], int (&d)[NACC], float (&c)[CBS],
+                                              unsigned base, int kb, int rb, bool last) {
+    fence_operands(d);
+    float coef[CBS];
+    if (last) {
+        #pragma unroll
+        for (int cb = 0; cb < CBS; ++cb) coef[cb] = c[cb];
+    } else {
+        if ((kb + 2) % KBS < 2) wait_stage(base, kb + 2);      // kb + 2 starts the next stage
+        float cn[CBS];
+        scale_products(cn, base, kb + 2, rb);
+        #pragma unroll
+        for (int cb = 0; cb < CBS; ++cb) { coef[cb] = c[cb] - cn[cb]; c[cb] = cn[cb]; }
+    }
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = fmaf(coef[(i / 4) * 8 / QB], __int_as_float(d[i]), acc[i]);
+    if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
+}
+
+// Consumer warpgroup wg: as consume() in SM90_CONSUME_SRC (same register layout, groups of G
+// K-blocks alternating between D[0] and D[1], no wgmma in flight across the loop edge), with the
+// magic-number promotion: buffer b takes K-blocks kb + b, kb + b + 2, ... of the group.
+__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int Kp, int wg, int rb) {
+    const int KB = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND * KBS;   // tail: zeros
+    int d[2][NACC];
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+    for (int kb = 0; kb < KB; kb += G) {
+        float c[2][CBS], c1_first[CBS];      // each buffer's next K-block's scale products
+        #pragma unroll
+        for (int i = 0; i < NACC; ++i) d[0][i] = d[1][i] = MAGIC_BITS;
+        fence_operands(d[0]);                 // seed both buffers here, before any wgmma is in
+        fence_operands(d[1]);                 // flight (else ptxas waits on one to seed the other)
+        issue_kblock<true>(d[0], base, kb, wg);
+        scale_products(c[0], base, kb, rb);
+        sub_bias(acc, c[0]);                  // buffer 0's bias, before any of its terms
+        #pragma unroll
+        for (int g = 1; g < G; ++g) {
+            issue_kblock<true>(d[g % 2], base, kb + g, wg);
+            if (g == 1) {
+                scale_products(c[1], base, kb + 1, rb);
+                #pragma unroll
+                for (int cb = 0; cb < CBS; ++cb) c1_first[cb] = c[1][cb];
+            }
+            wgmma_wait<1>();                  // K-block kb + g - 1 is done, kb + g runs
+            promote_magic(acc, d[(g - 1) % 2], c[(g - 1) % 2], base, kb + g - 1, rb, g + 1 >= G);
+            if (g == G - 1) sub_bias(acc, c1_first);   // buffer 1's bias, before its last term
+        }
+        wgmma_wait<0>();
+        promote_magic(acc, d[(G - 1) % 2], c[(G - 1) % 2], base, kb + G - 1, rb, true);
     }
 }
 
@@ -346,6 +458,8 @@ gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict
 
 SM90_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC
             + SM90_CONSUME_SRC + SM90_EPILOGUE_SRC)
+SM90_MAGIC_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC
+                  + SM90_CONSUME_MAGIC_SRC + SM90_EPILOGUE_SRC)
 
 
 def _smem_bytes(qblock):
@@ -357,10 +471,24 @@ def _smem_bytes(qblock):
 
 
 @lru_cache(maxsize=None)
-def _kernel(name, qblock, device_index, source=SM90_SRC):
-    kernel = get_kernel(source, name, (f"QB={qblock}",), torch.device("cuda", device_index))
+def _kernel(name, qblock, device_index, source, defines=()):
+    kernel = get_kernel(source, name, (f"QB={qblock}",) + defines, torch.device("cuda", device_index))
     kernel.max_dynamic_shared_size_bytes = _smem_bytes(qblock)
     return kernel
+
+
+def _source(qblock, Kp, exact, source):
+    """(CUDA source, extra defines) for one launch. The magic-number promotion (SM90_MAGIC_SRC)
+    where it pays, QB = 32 and 64 (QB = 128 promotes rarely enough that it gains 2-3%), with the
+    largest K-group that splits Kp without zero padding (each D buffer sums at most 256 of K);
+    otherwise, or when exact=True, the exact one. `source` (the ping-pong variant's) overrides."""
+    if source is not None:
+        return source, ()
+    if not exact and qblock in (32, 64):
+        for group in ((16, 8) if qblock == 32 else (8, 4)):
+            if Kp % (group * qblock) == 0:
+                return SM90_MAGIC_SRC, (f"KGROUP={group}",)
+    return SM90_SRC, ()
 
 
 def _check(a, b):
@@ -370,24 +498,28 @@ def _check(a, b):
     assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
 
 
-def launch_float(a, b, c, M, N, accumulate, source=SM90_SRC):
+def launch_float(a, b, c, M, N, accumulate, exact=False, source=None):
     """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
-    source: the kernel's CUDA source (SM90_SRC, or the ping-pong variant's)."""
+    exact: the exact promotion even where the magic-number one applies (see _source)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)       # one CTA per 128 x 128 tile
-    launch(_kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index, source), grid, (THREADS,),
+    kernel = _kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index,
+                     *_source(a.qblock, Kp, exact, source))
+    launch(kernel, grid, (THREADS,),
            (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
            shared_mem=_smem_bytes(a.qblock))
 
 
-def launch_int8(a, b, q, s, stochastic, seed, source=SM90_SRC):
+def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None):
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)
-    launch(_kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index, source), grid, (THREADS,),
+    kernel = _kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index,
+                     *_source(a.qblock, Kp, exact, source))
+    launch(kernel, grid, (THREADS,),
            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
             np.int32(stochastic), np.uint32(seed)),
            shared_mem=_smem_bytes(a.qblock))

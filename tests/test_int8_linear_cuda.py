@@ -11,10 +11,10 @@ pytestmark = pytest.mark.gpu
 DEV = "cuda"
 
 
-@pytest.fixture(autouse=True, params=["mma", "wgmma", "wgmma_pp"])
+@pytest.fixture(autouse=True, params=["mma", "wgmma", "wgmma_exact", "wgmma_pp"])
 def kernel(request, monkeypatch):
     """Every test runs on every kernel: gemm_cuda's kernel='auto' (and so gemm() and the layer)
-    resolves to the parameter. wgmma and wgmma_pp (ping-pong) need sm_90."""
+    resolves to the parameter. The wgmma kernels need sm_90."""
     if request.param != "mma" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel needs an sm_90 GPU")
     monkeypatch.setattr(int8_gemm, "_auto_kernel", lambda device_index: request.param)
@@ -55,6 +55,17 @@ def bound(ta, tb):
     return dequantize(ta).abs().double() @ dequantize(tb).abs().double().t()
 
 
+def magic_slack(ta, tb, kernel):
+    """What the magic-number promotion (kernel 'wgmma') may add to the exact promotion's error:
+    about one unit of s_A * s_B per K-block (the FFMAs round at 2^23-2^24 times it; 1.5 units
+    allowed), so sum_kb s_A[m, kb] s_B[n, kb] per output. 0 for the exact kernels."""
+    if kernel != "wgmma":
+        return 0.0
+    qb = ta.qblock
+    c = ta.s.double() @ tb.s.double().t()
+    return 1.5 * c.repeat_interleave(qb, 0).repeat_interleave(qb, 1)[:ta.rows, :tb.rows]
+
+
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 32, 32), (70, 100, 50), (130, 256, 96), (5, 300, 7),
                                    (1000, 512, 384), (257, 96, 260)])
@@ -72,7 +83,7 @@ def test_unit_scales_exact(M, K, N, qblock):
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(1, 64, 96), (33, 160, 224), (200, 1024, 352),
                                    (16384, 256, 384), (2048, 2080, 1056)])
-def test_random_scales_match_reference(M, K, N, qblock):
+def test_random_scales_match_reference(M, K, N, qblock, kernel):
     torch.manual_seed(M + K + N + qblock)
     ta, tb = operand(M, K, qblock), operand(N, K, qblock)
     c = gemm_cuda(ta, tb)
@@ -80,7 +91,7 @@ def test_random_scales_match_reference(M, K, N, qblock):
     # both accumulate K/QB rescaled exact partial sums in fp32, in a different rounding order
     # (FFMA vs multiply-then-add): a few fp32 ulps of sum |a||b|
     err = (c.double() - ref.double()).abs()
-    tol = 2e-6 * bound(ta, tb)[:M, :N]
+    tol = 2e-6 * bound(ta, tb)[:M, :N] + magic_slack(ta, tb, kernel)
     assert torch.isfinite(c).all()
     assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
     assert torch.equal(c, gemm_cuda(ta, tb)), "not deterministic: a race?"
@@ -103,8 +114,8 @@ def test_float_epilogues(qblock):
 
 
 @pytest.mark.parametrize("qblock", [32, 64, 128])
-@pytest.mark.parametrize("M,K,N", [(1, 64, 64), (300, 192, 190), (1030, 640, 1056)])
-def test_int8_rtn_epilogue(M, K, N, qblock):
+@pytest.mark.parametrize("M,K,N", [(1, 64, 64), (300, 192, 190), (300, 512, 190), (1030, 640, 1056)])
+def test_int8_rtn_epilogue(M, K, N, qblock, kernel):
     torch.manual_seed(M + qblock)
     ta, tb = operand(M, K, qblock), operand(N, K, qblock)
     y = gemm_cuda(ta, tb, out="int8", shape=(M, N))
@@ -116,11 +127,13 @@ def test_int8_rtn_epilogue(M, K, N, qblock):
     assert torch.equal(y.q, mine.q)
     assert torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
     # against the reference GEMM's int8 output: its fp32 sums differ in the last bits, so a
-    # value that lands within a few ulps of a rounding boundary may round the other way
+    # value that lands within a few ulps of a rounding boundary may round the other way (more
+    # often after the magic-number promotion, whose sums differ by ~1e-5 relative: < 1%)
     ref = gemm_ref(ta, tb, out="int8")
     dq = (y.q.int() - ref.q.int()).abs()
-    assert dq.max() <= 1 and (dq > 0).float().mean() < 1e-3, f"{(dq > 0).sum()} differ"
-    assert torch.allclose(y.s, ref.s, rtol=1e-5, atol=0)
+    flips = 1e-2 if kernel == "wgmma" else 1e-3
+    assert dq.max() <= 1 and (dq > 0).float().mean() < flips, f"{(dq > 0).sum()} differ"
+    assert torch.allclose(y.s, ref.s, rtol=1e-5 if kernel != "wgmma" else 2e-4, atol=0)
 
 
 @pytest.mark.parametrize("qblock", [32, 64, 128])
