@@ -65,10 +65,18 @@ def outlier_scores(xp, qblock, rule, logical=None):
         rms = (blocks(xp, qblock).square().sum(dim=(1, 3)) / count).sqrt()
         return amax / rms.clamp_min(1e-30)
     if rule in ("median", "topk"):
-        nonzero = amax[amax > 0]
-        typical = nonzero.median() if nonzero.numel() else amax.new_ones(())
-        return amax / typical
+        return amax / median_nonzero(amax)
     raise ValueError(f"unknown fallback rule {rule!r}; choose one of {RULES}")
+
+
+def median_nonzero(v):
+    """torch.median (the lower middle value) of the nonzero entries of v >= 0, or 1 if there are
+    none: sorted, the nonzero entries are the last m, so the median is a gather at a computed
+    index. No boolean indexing, hence no host sync (v[v > 0].median() would wait on the GPU)."""
+    srt = v.flatten().sort().values
+    m = (srt > 0).sum()                                            # a device tensor
+    idx = (srt.numel() - m + (m - 1).clamp_min(0) // 2).clamp_max(srt.numel() - 1)
+    return torch.where(m > 0, srt[idx], torch.ones_like(srt[0]))
 
 
 def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, logical=None):
@@ -94,14 +102,15 @@ def add_second_plane(t, xp, flags):
     """Attach the residual plane of the flagged blocks of xp (padded fp32) to QTensor t."""
     QB = t.qblock
     residual = xp - t.q.float() * expand_blocks(t.s, QB)           # (R, C), |r| <= s1/2
-    rb = blocks(residual, QB).permute(0, 2, 1, 3)[flags]           # (n, QB, QB)
+    idx = flags.view(-1).nonzero().squeeze(1)      # the one host sync: n_flagged sizes q2
+    rb = blocks(residual, QB).permute(0, 2, 1, 3).reshape(-1, QB, QB).index_select(0, idx)
     amax = rb.abs().amax(dim=(1, 2))                               # (n,)
     inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
     t.q2 = torch.round(rb * inv[:, None, None]).clamp(-QMAX, QMAX).to(torch.int8)
     t.s2 = (amax / QMAX).contiguous()
-    slot = torch.full(flags.shape, -1, dtype=torch.int32, device=xp.device)
-    slot[flags] = torch.arange(int(flags.sum()), dtype=torch.int32, device=xp.device)
-    t.slot = slot
+    slot = torch.full((flags.numel(),), -1, dtype=torch.int32, device=xp.device)
+    slot[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=xp.device)
+    t.slot = slot.view(flags.shape)
     return t
 
 

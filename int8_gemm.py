@@ -25,9 +25,10 @@ The mma.sync kernel's CUDA source lives in int8_gemm_mma.py (its docstring draws
 pipeline and the rescale); the Hopper wgmma kernel in int8_gemm_sm90.py. This file holds the
 reference, the launcher and the dispatch.
 
-Operands with a fallback plane (fallback.py) are a sum over plane pairs: on CUDA, gemm() runs
-one tensor-core GEMM per pair (gemm_planes, an interim: the cost does not yet shrink with the
-flagged fraction), elsewhere the reference.
+Operands with a fallback plane (fallback.py) are a sum over plane pairs. On Hopper, gemm()
+runs one wgmma kernel that adds the plane's flagged K-stages as extra K-blocks (its cost grows
+with them: int8_gemm_sm90.py); with the mma.sync kernel, or planes on both operands, one
+tensor-core GEMM per plane pair (gemm_planes); on the CPU the reference.
 """
 from functools import lru_cache, partial
 
@@ -151,8 +152,6 @@ def _check_operand(t, name):
         raise ValueError(f"gemm_cuda: {name}.q and {name}.s must be contiguous")
     if t.q.data_ptr() % 16:
         raise ValueError(f"gemm_cuda: {name}.q must be 16-byte aligned (cp.async)")
-    if t.has_fallback:
-        raise ValueError(f"gemm_cuda: {name} has a fallback plane; use gemm() (reference path)")
     if t.q.numel() >= 2**31:
         raise ValueError(f"gemm_cuda: {name}.q has {t.q.numel()} elements; the kernel's 32-bit "
                          f"offsets need fewer than 2^31")
@@ -168,7 +167,8 @@ def _auto_kernel(device_index):
 
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto"):
-    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors without fallback).
+    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
+    one of them may carry a fallback plane, whose flagged K-stages then run as extra K-blocks).
     kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion at
     QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
     int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
@@ -189,6 +189,10 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     device = a.q.device
     if kernel == "auto":
         kernel = _auto_kernel(device.index)
+    planes = a.has_fallback + b.has_fallback
+    if planes == 2 or (planes and kernel == "mma"):
+        raise ValueError("gemm_cuda: the wgmma kernels take one operand's fallback plane, the mma "
+                         "kernel none; use gemm(), which sums plane pairs")
     if kernel != "mma":
         if torch.cuda.get_device_capability(device) != (9, 0):
             raise ValueError(f"gemm_cuda: kernel={kernel!r} needs an sm_90 GPU (H100/H200), got "
@@ -256,9 +260,13 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
         if a.has_fallback or b.has_fallback:
             # the exact promotion: fallback's point is precision (threshold 0 ~ a 16-bit GEMM)
-            exact = "wgmma_exact" if _auto_kernel(a.q.device.index) == "wgmma" else "auto"
+            kernel = _auto_kernel(a.q.device.index)
+            kernel = "wgmma_exact" if kernel == "wgmma" else kernel
+            if kernel != "mma" and not (a.has_fallback and b.has_fallback):
+                # fused: the plane's flagged K-stages run as extra K-blocks of one kernel
+                return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel)
             return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate,
-                               partial(gemm_cuda, kernel=exact))
+                               partial(gemm_cuda, kernel=kernel))
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
     return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate)
 
@@ -267,9 +275,9 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
     """Operands with a fallback plane as a sum of plain GEMMs over plane pairs, each run by
     `plain_gemm` into one fp32 accumulator; the epilogue then acts on the sum.
 
-    An interim for CUDA: the second plane is expanded to a dense int8 tensor (zero outside
-    flagged blocks), so each extra plane costs a whole GEMM whatever the flagged fraction. The
-    kernel that reads the second plane only for flagged (row-block, K-block) pairs is open work.
+    On CUDA this serves the mma.sync kernel and planes on both operands: each second plane is
+    expanded to a dense int8 tensor (zero outside flagged blocks) and costs a whole GEMM
+    whatever the flagged fraction. The wgmma kernels fuse one operand's plane instead.
     """
     check_gemm(a, b, out, out_dtype, accumulate)
     acc = accumulate if accumulate is not None else torch.zeros(

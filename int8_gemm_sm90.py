@@ -54,7 +54,7 @@ import torch
 
 from int8_gemm import cdiv
 from int8_gemm_mma import GEMM_STORE_SRC
-from quantize import get_kernel, launch
+from quantize import get_kernel, launch, second_plane
 
 TILE = 128                                   # BM = BN of the kernel
 STAGES = 5                                   # 5 x (16 + 16 KB) ring
@@ -182,30 +182,61 @@ __device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
     n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
 }
 
+// The fallback operand's second plane (fallback.py): when `count` is set, the tile's K loop
+// runs KT0 = Kp / BK stages of the plain operands and then, for the `count[tile]` K-stages listed
+// in `stages` (those that hold a flagged block in this tile's rows of the plane operand), the
+// plane in place of its operand against the same stage of the other one. The consumers just see
+// more K-blocks; the plane's scales are zero outside flagged blocks, so the extra stages add
+// exactly s2 * s_other * (q2 . q_other) for the flagged pairs and the cost grows with them.
+struct Plane {
+    const signed char* q;        // (rows, Kp) int8, zero outside flagged blocks
+    const float* s;              // (rows / QB, Kp / QB) fp32, zero outside flagged blocks
+    const int* stages;           // (tiles, stride) int32: this tile's listed K-stages first
+    const int* count;            // (tiles,) int32; nullptr: no plane
+    int stride, on_b;            // on_b: the plane belongs to B (rows of the tile: n0) not A
+};
+
+// Stages of a tile's K loop: the plain ones, the plane's, rounded up to whole consumer groups
+// (a stage past the list, like K past Kp, is zero-filled: it adds nothing).
+__device__ __forceinline__ int tile_stages(int Kp, const Plane& pl, int m0, int n0) {
+    const int extra = pl.count ? pl.count[(pl.on_b ? n0 : m0) / BM] : 0;
+    return ((Kp + BK - 1) / BK + extra + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
+}
+
 // Producer warpgroup: thread t copies chunk t % 8 of rows t / 8 + 16 i (i < 8) of the A and B
 // tiles (8 threads read one row's 128 contiguous bytes), and one scale if t < SCALE_FLOATS.
 __device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
-                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0) {
-    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
-    const int KT = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;   // as consume()
+                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, int KT,
+                        const Plane& pl) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, KT0 = (Kp + BK - 1) / BK;
     const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
+    const int tile = (pl.on_b ? n0 : m0) / BM, n_extra = pl.count ? pl.count[tile] : 0;
+    const int* listed = pl.stages + (long long)tile * pl.stride;
     for (int kt = 0; kt < KT; ++kt) {
-        const int slot = kt % STAGES, k0 = kt * BK + 16 * c;
+        const int slot = kt % STAGES;
+        // which K-stage, and from which planes: plain first, then the listed ones (-1: zeros)
+        const bool second = kt >= KT0;
+        const int ks = !second ? kt : kt - KT0 < n_extra ? listed[kt - KT0] : -1;
+        const signed char* a = second && !pl.on_b ? pl.q : A;
+        const signed char* b = second && pl.on_b ? pl.q : B;
+        const float* as = second && !pl.on_b ? pl.s : As;
+        const float* bs = second && pl.on_b ? pl.s : Bs;
+        const int k0 = ks * BK + 16 * c;
         if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
         const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
         #pragma unroll
         for (int i = 0; i < 8; ++i) {
             const int m = m0 + r0 + 16 * i, n = n0 + r0 + 16 * i;
-            const bool ka = k0 < Kp && m < Mp, kb = k0 < Kp && n < Np;
-            cp_async16(sA + dst + 2048 * i, A + (ka ? (long long)m * Kp + k0 : 0), ka ? 16 : 0);
-            cp_async16(sB + dst + 2048 * i, B + (kb ? (long long)n * Kp + k0 : 0), kb ? 16 : 0);
+            const bool ka = ks >= 0 && k0 < Kp && m < Mp, kb = ks >= 0 && k0 < Kp && n < Np;
+            cp_async16(sA + dst + 2048 * i, a + (ka ? (long long)m * Kp + k0 : 0), ka ? 16 : 0);
+            cp_async16(sB + dst + 2048 * i, b + (kb ? (long long)n * Kp + k0 : 0), kb ? 16 : 0);
         }
-        if (t < SCALE_FLOATS) {          // s_A[m0/QB + rb, kt*KBS + j] -> [j][rb], then s_B
+        if (t < SCALE_FLOATS) {          // s_A[m0/QB + rb, ks*KBS + j] -> [j][rb], then s_B
             const bool is_a = t < RBS * KBS;
             const int u = is_a ? t : t - RBS * KBS, nb = is_a ? RBS : CBS;
-            const int j = u / nb, blk = (is_a ? m0 : n0) / QB + u % nb, kb = kt * KBS + j;
-            const bool ok = kb < Kb && blk < (is_a ? Mp : Np) / QB;
-            const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kb : 0);
+            const int j = u / nb, blk = (is_a ? m0 : n0) / QB + u % nb, kb = ks * KBS + j;
+            const bool ok = ks >= 0 && kb < Kb && blk < (is_a ? Mp : Np) / QB;
+            const float* src = (is_a ? as : bs) + (ok ? (long long)blk * Kb + kb : 0);
             cp_async4(base + SMEM_S + 4 * (slot * SCALE_FLOATS + t), src, ok ? 4 : 0);
         }
         cp_async_arrive(base + SMEM_BAR + 8 * slot);
@@ -258,8 +289,8 @@ SM90_CONSUME_SRC = r"""
 // per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
 // K-blocks go in groups of G, ping-ponging between D[0] and D[1]; every group ends with no
 // wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int Kp, int wg, int rb) {
-    const int KB = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND * KBS;   // tail: zeros
+__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
+    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -339,8 +370,8 @@ __device__ __forceinline__ void promote_magic(float (&acc)[NACC], int (&d)[NACC]
 // Consumer warpgroup wg: as consume() in SM90_CONSUME_SRC (same register layout, groups of G
 // K-blocks alternating between D[0] and D[1], no wgmma in flight across the loop edge), with the
 // magic-number promotion: buffer b takes K-blocks kb + b, kb + b + 2, ... of the group.
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int Kp, int wg, int rb) {
-    const int KB = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND * KBS;   // tail: zeros
+__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
+    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -376,7 +407,7 @@ SM90_EPILOGUE_SRC = r"""
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As, const signed char* B,
         const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
-        float* q_s, int stochastic, unsigned seed) {
+        float* q_s, int stochastic, unsigned seed, const Plane& pl) {
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
@@ -391,14 +422,14 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     __syncthreads();
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
-        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0);
+        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, tile_stages(Kp, pl, m0, n0), pl);
         return;
     }
     setmaxnreg_inc<232>();
     const int ct = threadIdx.x - 128, wg = ct / 128, warp = (ct % 128) / 32, lane = ct % 32;
     const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
     float acc[NACC];
-    consume(acc, base, Kp, wg, rb);
+    consume(acc, base, tile_stages(Kp, pl, m0, n0), wg, rb);
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
         #pragma unroll
@@ -441,18 +472,25 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     }
 }
 
+// p_*: the second plane (struct Plane); p_count = nullptr for none
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                        const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
-                       int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate) {
-    gemm_sm90<0>(A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u);
+                       int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate,
+                       const signed char* p_q, const float* p_s, const int* p_stages,
+                       const int* p_count, int p_stride, int p_on_b) {
+    gemm_sm90<0>(A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
+                 Plane{p_q, p_s, p_stages, p_count, p_stride, p_on_b});
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                       const signed char* __restrict__ B, const float* __restrict__ Bs,
-                      signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed) {
-    gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed);
+                      signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
+                      const signed char* p_q, const float* p_s, const int* p_stages,
+                      const int* p_count, int p_stride, int p_on_b) {
+    gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
+                 Plane{p_q, p_s, p_stages, p_count, p_stride, p_on_b});
 }
 """
 
@@ -498,6 +536,31 @@ def _check(a, b):
     assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
 
 
+def flagged_stages(s2, qblock):
+    """For the fused fallback GEMM: per 128-row tile of the plane operand, the 128-wide K-stages
+    that hold a flagged block (s2 != 0), ascending and first in their row, and their count.
+    Returns stages (tiles, K-stages) int32 and count (tiles,) int32, computed on the device
+    without a host sync (so the list has a fixed shape; the kernel reads count[tile] entries)."""
+    per = TILE // qblock                             # blocks per tile side and per stage
+    Rb, Kb = s2.shape
+    f = torch.zeros(cdiv(Rb, per) * per, cdiv(Kb, per) * per, dtype=torch.bool, device=s2.device)
+    f[:Rb, :Kb] = s2 != 0
+    f = f.view(f.shape[0] // per, per, f.shape[1] // per, per).any(3).any(1)   # (tiles, stages)
+    stages = torch.argsort((~f).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    return stages.contiguous(), f.sum(1, dtype=torch.int32)
+
+
+def _plane_args(a, b):
+    """The kernels' p_* arguments: the dense second plane of the one operand that has one
+    (fallback.py), its scale grid and flagged-stage list; null pointers when neither has."""
+    t = a if a.has_fallback else b if b.has_fallback else None
+    if t is None or t.q2.shape[0] == 0:
+        return (np.uint64(0),) * 4 + (np.int32(0), np.int32(0))
+    q2, s2 = second_plane(t)
+    stages, count = flagged_stages(s2, t.qblock)
+    return q2, s2, stages, count, np.int32(stages.shape[1]), np.int32(t is not a)
+
+
 def launch_float(a, b, c, M, N, accumulate, exact=False, source=None):
     """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source)."""
@@ -508,8 +571,8 @@ def launch_float(a, b, c, M, N, accumulate, exact=False, source=None):
                      *_source(a.qblock, Kp, exact, source))
     launch(kernel, grid, (THREADS,),
            (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
-            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
-           shared_mem=_smem_bytes(a.qblock))
+            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
+           + _plane_args(a, b), shared_mem=_smem_bytes(a.qblock))
 
 
 def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None):
@@ -521,5 +584,5 @@ def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None):
                      *_source(a.qblock, Kp, exact, source))
     launch(kernel, grid, (THREADS,),
            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
-            np.int32(stochastic), np.uint32(seed)),
+            np.int32(stochastic), np.uint32(seed)) + _plane_args(a, b),
            shared_mem=_smem_bytes(a.qblock))

@@ -49,8 +49,8 @@ __device__ __forceinline__ void named_bar_arrive(int id) {    // count this WG's
 // K-blocks in groups of G, D[0] / D[1] alternating; each issue waits for this warpgroup's turn
 // and then hands the turn to the other warpgroup, whose wgmma then queues behind ours while we
 // promote the K-block before.
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int Kp, int wg, int rb) {
-    const int KB = ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND * KBS;   // tail: zeros
+__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
+    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;

@@ -222,13 +222,15 @@ def second_plane(t):
     scale grid s2 (R/QB, C/QB) fp32, zero for plain blocks. Same layout as (t.q, t.s)."""
     QB = t.qblock
     Rb, Cb = t.slot.shape
-    q2 = torch.zeros(Rb, Cb, QB, QB, dtype=torch.int8, device=t.q.device)
-    s2 = torch.zeros(Rb, Cb, device=t.q.device)
-    flagged = t.slot >= 0
-    idx = t.slot[flagged].long()
-    q2[flagged] = t.q2[idx]
-    s2[flagged] = t.s2[idx]
-    return q2.permute(0, 2, 1, 3).reshape(Rb * QB, Cb * QB), s2
+    if t.q2.shape[0] == 0:                           # nothing flagged
+        return torch.zeros_like(t.q), torch.zeros_like(t.s)
+    # a gather of every block (slot -1 reads block 0) and a mask, not boolean indexing: no
+    # host sync, so the GPU stays ahead of Python
+    flagged = (t.slot >= 0).view(-1)
+    idx = t.slot.view(-1).clamp(min=0).long()
+    q2 = t.q2.index_select(0, idx) * flagged[:, None, None]            # (Rb*Cb, QB, QB)
+    s2 = t.s2.index_select(0, idx) * flagged
+    return q2.view(Rb, Cb, QB, QB).permute(0, 2, 1, 3).reshape(Rb * QB, Cb * QB), s2.view(Rb, Cb)
 
 
 def fallback_plane(t):

@@ -177,3 +177,30 @@ def test_crest_ignores_the_zero_padding():
     assert frac == 0.0, frac
     flags = outlier_flags(pad_2d(x, 32), 32, "crest", 6.0)
     assert flags[:, 1].any()                          # what counting the padding would do
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+def test_flagged_stage_list(qblock):
+    """The fused GEMM's per-tile list of K-stages holding a flagged block (built without a host
+    sync, in int8_gemm_sm90.py) against a loop over tiles and stages."""
+    from int8_gemm_sm90 import flagged_stages
+    g = torch.Generator().manual_seed(qblock)
+    s2 = (torch.rand(13, 21, generator=g) < 0.05).float() * torch.rand(13, 21, generator=g)
+    stages, count = flagged_stages(s2, qblock)
+    per = 128 // qblock                                    # blocks per tile side / per stage
+    assert stages.dtype == count.dtype == torch.int32
+    assert stages.shape == (-(-13 // per), -(-21 // per)) and count.shape == (stages.shape[0],)
+    for tile in range(stages.shape[0]):
+        want = [ks for ks in range(stages.shape[1])
+                if (s2[tile * per:(tile + 1) * per, ks * per:(ks + 1) * per] != 0).any()]
+        assert count[tile] == len(want) and stages[tile, :len(want)].tolist() == want
+
+
+def test_median_nonzero_is_torch_median_of_the_nonzero_values():
+    from fallback import median_nonzero
+    g = torch.Generator().manual_seed(4)
+    for n in (1, 2, 7, 64):
+        v = torch.rand(n, generator=g) * (torch.rand(n, generator=g) > 0.3)
+        nz = v[v > 0]
+        want = nz.median() if nz.numel() else torch.tensor(1.0)
+        assert median_nonzero(v).item() == want.item()

@@ -1,9 +1,12 @@
 """The tensor-core GEMM kernel (int8_gemm.gemm_cuda) against the reference, on a CUDA device."""
+import math
+
 import pytest
 import torch
 
 import int8_gemm
-from int8_gemm import gemm, gemm_cuda, gemm_ref
+from fallback import quantize_fallback
+from int8_gemm import gemm, gemm_cuda, gemm_planes, gemm_ref
 from int8_linear import Int8Linear, linear_dgrad, linear_wgrad
 from quantize import QTensor, dequantize, pad_2d, quantize, quantize_ref
 
@@ -216,3 +219,51 @@ def test_int8_linear_cuda_matches_reference(qblock):
     # and the whole layer stays close to the float layer
     ref = torch.nn.functional.linear(x.detach(), lin.weight.detach(), lin.bias.detach())
     assert ((y.detach() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def fallback_operand(rows, cols, qblock, threshold=2.5, seed=0):
+    """GLU-like activations (sparse 300-600x outliers in ~5% of blocks) with a second plane."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g)
+    mask = torch.rand(rows, cols, generator=g) < 0.05 / qblock ** 2
+    x = torch.where(mask, x.sign() * 300 * (1 + torch.rand(rows, cols, generator=g)), x)
+    x[rows // 2, cols // 3] = 500.0                  # at least one, even with few big blocks
+    t, frac = quantize_fallback(x.to(DEV), qblock, "median", threshold)
+    return t, frac
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(300, 256, 190), (1030, 640, 1056), (64, 2080, 96)])
+def test_fallback_gemm_matches_plane_sum(M, K, N, qblock):
+    """gemm() with a fallback plane on A (forward layout) or on B (wgrad layout): fused into one
+    wgmma kernel, or a sum of plane-pair GEMMs on mma.sync; both against the reference."""
+    ta, frac = fallback_operand(M, K, qblock, seed=M + qblock)
+    assert 0 < frac < 0.5
+    tb = operand(N, K, qblock, outlier=False)
+    for a, b in ((ta, tb), (tb, ta)):                   # plane on A, then on B
+        c = gemm(a, b)
+        ref = gemm_planes(a, b, "float", torch.float32, None, None, None, gemm_ref)
+        err = (c.double() - ref.double()).abs()
+        tol = 2e-6 * (dequantize(a).abs().double() @ dequantize(b).abs().double().t())
+        assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
+    # the int8 epilogue re-quantizes the same sums the float one writes
+    y = gemm(ta, tb, out="int8")
+    mine = quantize_ref(gemm(ta, tb), qblock)
+    assert torch.equal(y.q, mine.q) and torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
+
+
+@pytest.mark.parametrize("qblock", [32, 128])
+def test_fallback_gemm_limits(qblock):
+    """Threshold inf: no plane, exactly the plain GEMM. Threshold 0: every nonzero block has a
+    plane, and the GEMM matches the float product of the inputs to ~1e-4."""
+    M, K, N = 256, 512, 192
+    plain_x = fallback_operand(M, K, qblock, threshold=math.inf)[0]
+    tb = operand(N, K, qblock, outlier=False)
+    assert torch.equal(gemm(plain_x, tb), gemm_cuda(QTensor(plain_x.q, plain_x.s, plain_x.shape,
+                                                            qblock), tb))
+    t0, frac = fallback_operand(M, K, qblock, threshold=0.0)
+    assert frac == 1.0
+    x = dequantize(t0)                              # ~15-bit values; compare to its float GEMM
+    c = gemm(t0, tb)
+    ref = x.double() @ dequantize(tb).double().t()
+    assert ((c.double() - ref).norm() / ref.norm()).item() < 1e-5

@@ -1,0 +1,63 @@
+"""Where a block's forward + backward time goes, by torch.profiler (not part of the library).
+
+    python3 notes/profile_block.py [--style=llama|gpt2] [--width=2048]
+
+Builds bench.py's block (B=4, T=2048) in int8 and int8 + fallback, runs 3 warm-up steps, then
+profiles 5 steps and prints: wall ms per step, GPU (kernel) ms per step, and the top ops by GPU
+time and by CPU time. GPU << wall means the step is bound by the host (Python, launches, syncs).
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fallback import FallbackConfig  # noqa: E402
+from model import Block, GPTConfig  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--style", default="llama")
+    p.add_argument("--width", type=int, default=2048)
+    args = p.parse_args()
+    B, T, C = 4, 2048, args.width
+    for mode in ("bf16", "int8", "int8+fallback"):
+        cfg = GPTConfig(n_embd=C, n_head=max(1, C // 128), block_size=T,
+                        mlp="gelu" if args.style == "gpt2" else "swiglu",
+                        norm="layernorm" if args.style == "gpt2" else "rmsnorm",
+                        int8=mode != "bf16", fallback=mode == "int8+fallback")
+        torch.manual_seed(0)
+        block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
+                      0).cuda()
+        x = torch.randn(B, T, C, device="cuda", requires_grad=True)
+        dout = torch.randn(B, T, C, device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = block(x)
+            y.backward(dout)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / 5 * 1e3
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        gpu = sum(e.self_device_time_total for e in events) / 5 / 1e3
+        print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} ms/step")
+        print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
+        print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
