@@ -553,8 +553,8 @@ def flagged_stages(s2, qblock):
 def _plane_args(a, b):
     """The kernels' p_* arguments: the dense second plane of the one operand that has one
     (fallback.py), its scale grid and flagged-stage list; null pointers when neither has."""
-    t = a if a.has_fallback else b if b.has_fallback else None
-    if t is None or t.q2.shape[0] == 0:
+    t = a if a.has_fallback and a.q2.shape[0] else b if b.has_fallback and b.q2.shape[0] else None
+    if t is None:
         return (np.uint64(0),) * 4 + (np.int32(0), np.int32(0))
     q2, s2 = second_plane(t)
     stages, count = flagged_stages(s2, t.qblock)

@@ -246,10 +246,14 @@ def test_fallback_gemm_matches_plane_sum(M, K, N, qblock):
         err = (c.double() - ref.double()).abs()
         tol = 2e-6 * (dequantize(a).abs().double() @ dequantize(b).abs().double().t())
         assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
-    # the int8 epilogue re-quantizes the same sums the float one writes
+    # the int8 epilogue re-quantizes the same sums the float one writes (its 127 / absmax is
+    # correctly rounded, torch's a reciprocal times 127: a value exactly at a rounding boundary
+    # may round the other way, as in test_int8_rtn_epilogue)
     y = gemm(ta, tb, out="int8")
     mine = quantize_ref(gemm(ta, tb), qblock)
-    assert torch.equal(y.q, mine.q) and torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
+    dq = (y.q.int() - mine.q.int()).abs()
+    assert dq.max() <= 1 and (dq > 0).float().mean() < 1e-4, f"{(dq > 0).sum()} differ"
+    assert torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
 
 
 @pytest.mark.parametrize("qblock", [32, 128])
