@@ -2,7 +2,7 @@
 Speed and memory of the INT8 operators and transformer blocks against bf16 PyTorch.
 
     python bench.py                      # everything that fits in a few minutes on this device
-    python bench.py --only=ops,block     # sections: ops, gemm, block
+    python bench.py --only=ops,block     # sections: ops, gemm, fallback, block
     python bench.py --out=results        # where the JSON and markdown tables go
 
 Every timing is the median of many runs after a warm-up, with fresh random inputs (never
@@ -269,6 +269,43 @@ def saved_bytes(fn, module):
     return out, total[0]
 
 
+def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32):
+    """The fused fallback GEMM (forward, int8 out) against the plain one, by flagged fraction:
+    activations X (M, K) get a second plane on the 'topk' rule's fraction of blocks (the largest
+    absmax of random data: flags spread uniformly, the worst case for the kernel's 128 x 128
+    stage granularity); stages: the fraction of (128-row tile, 128-K stage) pairs that run again.
+    GPU time of the kernels (bench.kernel_ms on CUDA), the fallback's extra work included (the
+    dense plane and the stage list), the quantizer not. 0% flagged: no plane, so gemm() runs the
+    plain default kernel (the magic promotion on Hopper); the fallback kernel is the exact one,
+    hence the baseline plain_exact_ms."""
+    from fallback import quantize_fallback
+    from int8_gemm import gemm, gemm_cuda
+    from int8_gemm_sm90 import flagged_stages
+    from quantize import second_plane
+    cuda = device.type == "cuda"
+    sm90 = cuda and torch.cuda.get_device_capability(device) == (9, 0)
+    time_ms = kernel_ms if cuda else (lambda fn: timeit(fn, 1, 3))
+    rows = []
+    for M, K, N in shapes:
+        x, w = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
+        tw = quantize(w, qblock)
+        plain = quantize(x, qblock)
+        exact = "wgmma_exact" if sm90 else "auto"
+        t_plain = time_ms(lambda: gemm_cuda(plain, tw, out="int8", kernel=exact) if cuda
+                          else gemm(plain, tw, out="int8"))
+        for frac in fracs:
+            t, flagged = quantize_fallback(x, qblock, "topk", frac)
+            ms = time_ms(lambda: gemm(t, tw, out="int8"))
+            stages = None
+            if t.q2.shape[0]:
+                _, count = flagged_stages(second_plane(t)[1], qblock)
+                stages = count.sum().item() / (count.numel() * -(-K // 128))
+            rows.append(dict(op="fallback gemm fwd, int8 out", mkn=f"{M}x{K}x{N}", QB=qblock,
+                             flagged=flagged, stages=stages, plain_exact_ms=t_plain,
+                             fallback_ms=ms, overhead=ms / t_plain - 1))
+    return rows
+
+
 def bench_block(device, widths, style, B, T):
     rows = []
     for C in widths:
@@ -321,7 +358,8 @@ def markdown(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="ops,gemm,block", help="comma list of: ops, gemm, block")
+    p.add_argument("--only", default="ops,gemm,fallback,block",
+                   help="comma list of: ops, gemm, fallback, block")
     p.add_argument("--out", default="results", help="folder for bench.json and bench.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -333,6 +371,8 @@ def main(argv=None):
                                             (16384, 2048, 8192), (16384, 8192, 2048),
                                             (8192, 4096, 4096)] if big else [(256, 256, 256)],
                                    (32, 64, 128) if big else (32,)),
+        "fallback": lambda: bench_fallback(device, [(16384, 2048, 8192), (16384, 8192, 2048)]
+                                           if big else [(256, 256, 256)]),
         "block": lambda: (bench_block(device, [1024, 2048] if big else [256], "gpt2",
                                       *((4, 2048) if big else (2, 128)))
                           + bench_block(device, [1024, 2048] if big else [256], "llama",
