@@ -137,6 +137,23 @@ def _op_cases(M, C, device):
     ]
 
 
+def event_ms(fn, reps=20):
+    """CUDA time per call: the median over 5 runs of reps back-to-back calls between two CUDA
+    events (launch overhead amortised; the notes/ scripts time with it too)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
 def kernel_ms(fn, reps=20):
     """Mean GPU time per call of the kernels fn launches (torch.profiler sees CuPy's too), ms.
     Unlike timeit this leaves out the host time of the call (Python, launch overhead)."""
@@ -190,22 +207,7 @@ def bench_gemm(device, shapes, qblocks=(32, 128)):
         kernels = [("mma", 1300)] + ([("wgmma", 2000), ("wgmma_exact", 2000)] if
                                      torch.cuda.get_device_capability(device) == (9, 0) else [])
 
-    def time_ms(fn, reps=20):
-        """Median over 5 runs of reps back-to-back calls (launch overhead amortised)."""
-        if not cuda:
-            return timeit(fn, 1, 3)
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(5):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / reps)
-        return statistics.median(times)
+    time_ms = event_ms if cuda else (lambda fn: timeit(fn, 1, 3))
 
     rows = []
     for M, K, N in shapes:
@@ -297,7 +299,7 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
             t, flagged = quantize_fallback(x, qblock, "topk", frac)
             ms = time_ms(lambda: gemm(t, tw, out="int8"))
             stages = None
-            if t.q2.shape[0]:
+            if t.has_plane:
                 _, count = flagged_stages(second_plane(t)[1], qblock)
                 stages = count.sum().item() / (count.numel() * -(-K // 128))
             rows.append(dict(op="fallback gemm fwd, int8 out", mkn=f"{M}x{K}x{N}", QB=qblock,

@@ -42,7 +42,7 @@ The second plane is stored compactly, in proportion to the flagged fraction (QTe
 import torch
 
 from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, check_finite, check_float,
-                      dequantize, expand_blocks, pad_2d, quantize)
+                      dequantize, pad_2d, quantize)
 
 RULES = ("crest", "median", "topk")
 DEFAULT_RULE = "median"
@@ -101,9 +101,13 @@ def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, lo
 def add_second_plane(t, xp, flags):
     """Attach the residual plane of the flagged blocks of xp (padded fp32) to QTensor t."""
     QB = t.qblock
-    residual = xp - t.q.float() * expand_blocks(t.s, QB)           # (R, C), |r| <= s1/2
+    Rb, Cb = flags.shape
     idx = flags.view(-1).nonzero().squeeze(1)      # the one host sync: n_flagged sizes q2
-    rb = blocks(residual, QB).permute(0, 2, 1, 3).reshape(-1, QB, QB).index_select(0, idx)
+    bi, bj = idx // Cb, idx % Cb
+    # the residual of the flagged blocks only: gathered (n, QB, QB), no pass over the tensor
+    xb = xp.reshape(Rb, QB, Cb, QB)[bi, :, bj, :]          # (a view when xp is contiguous)
+    qb = t.q.view(Rb, QB, Cb, QB)[bi, :, bj, :]
+    rb = xb - qb.float() * t.s[bi, bj][:, None, None]              # |r| <= s1/2
     amax = rb.abs().amax(dim=(1, 2))                               # (n,)
     inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
     t.q2 = torch.round(rb * inv[:, None, None]).clamp(-QMAX, QMAX).to(torch.int8)

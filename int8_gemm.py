@@ -44,16 +44,11 @@ GEMM_OUTS = ("float", "int8", "int8_sr")
 # ---------------------------------------------------------------------------------------------
 # reference
 
-def _has_plane(t):
-    """Whether t carries a second plane with at least one flagged block."""
-    return t.has_fallback and t.q2.shape[0] > 0
-
-
 def _planes(t):
     """An operand as a list of (q (R, C) int8, s (R/QB, C/QB) fp32) planes that sum to it: the
     plain blocks, plus the dense second plane (zero where unflagged) if any block is flagged."""
     planes = [(t.q, t.s)]
-    if _has_plane(t):
+    if t.has_plane:
         planes.append(second_plane(t))
     return planes
 
@@ -194,7 +189,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     device = a.q.device
     if kernel == "auto":
         kernel = _auto_kernel(device.index)
-    planes = _has_plane(a) + _has_plane(b)
+    planes = a.has_plane + b.has_plane
     if planes == 2 or (planes and kernel == "mma"):
         raise ValueError("gemm_cuda: the wgmma kernels take one operand's fallback plane, the mma "
                          "kernel none; use gemm(), which sums plane pairs")
@@ -263,11 +258,11 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
     """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. CUDA operands run on the
     tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
-        if _has_plane(a) or _has_plane(b):       # (no flagged block: the plain GEMM, exactly)
+        if a.has_plane or b.has_plane:       # (no flagged block: the plain GEMM, exactly)
             # the exact promotion: fallback's point is precision (threshold 0 ~ a 16-bit GEMM)
             kernel = _auto_kernel(a.q.device.index)
             kernel = "wgmma_exact" if kernel == "wgmma" else kernel
-            if kernel != "mma" and not (_has_plane(a) and _has_plane(b)):
+            if kernel != "mma" and not (a.has_plane and b.has_plane):
                 # fused: the plane's flagged K-stages run as extra K-blocks of one kernel
                 return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel)
             return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate,

@@ -196,22 +196,25 @@ struct Plane {
     int stride, on_b;            // on_b: the plane belongs to B (rows of the tile: n0) not A
 };
 
-// Stages of a tile's K loop: the plain ones, the plane's, rounded up to whole consumer groups
-// (a stage past the list, like K past Kp, is zero-filled: it adds nothing).
-__device__ __forceinline__ int tile_stages(int Kp, const Plane& pl, int m0, int n0) {
-    const int extra = pl.count ? pl.count[(pl.on_b ? n0 : m0) / BM] : 0;
+// The tile of the plane operand that this CTA's rows (A) or columns (B) fall in
+__device__ __forceinline__ int plane_tile(const Plane& pl, int m0, int n0) {
+    return (pl.on_b ? n0 : m0) / BM;
+}
+// Stages of a tile's K loop: the plain ones, the plane's `extra`, rounded up to whole consumer
+// groups (a stage past the list, like K past Kp, is zero-filled: it adds nothing).
+__device__ __forceinline__ int tile_stages(int Kp, int extra) {
     return ((Kp + BK - 1) / BK + extra + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
 }
 
 // Producer warpgroup: thread t copies chunk t % 8 of rows t / 8 + 16 i (i < 8) of the A and B
 // tiles (8 threads read one row's 128 contiguous bytes), and one scale if t < SCALE_FLOATS.
 __device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
-                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, int KT,
+                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, int n_extra,
                         const Plane& pl) {
     const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, KT0 = (Kp + BK - 1) / BK;
+    const int KT = tile_stages(Kp, n_extra);
     const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
-    const int tile = (pl.on_b ? n0 : m0) / BM, n_extra = pl.count ? pl.count[tile] : 0;
-    const int* listed = pl.stages + (long long)tile * pl.stride;
+    const int* listed = pl.stages + (long long)plane_tile(pl, m0, n0) * pl.stride;
     for (int kt = 0; kt < KT; ++kt) {
         const int slot = kt % STAGES;
         // which K-stage, and from which planes: plain first, then the listed ones (-1: zeros)
@@ -413,6 +416,7 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
     int m0, n0;
     tile_origin(Mp, Np, m0, n0);
+    const int n_extra = pl.count ? pl.count[plane_tile(pl, m0, n0)] : 0;   // the plane's stages
     if (threadIdx.x < STAGES) {
         mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
         mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
@@ -422,14 +426,14 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     __syncthreads();
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
-        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, tile_stages(Kp, pl, m0, n0), pl);
+        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, n_extra, pl);
         return;
     }
     setmaxnreg_inc<232>();
     const int ct = threadIdx.x - 128, wg = ct / 128, warp = (ct % 128) / 32, lane = ct % 32;
     const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
     float acc[NACC];
-    consume(acc, base, tile_stages(Kp, pl, m0, n0), wg, rb);
+    consume(acc, base, tile_stages(Kp, n_extra), wg, rb);
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
         #pragma unroll
@@ -553,7 +557,7 @@ def flagged_stages(s2, qblock):
 def _plane_args(a, b):
     """The kernels' p_* arguments: the dense second plane of the one operand that has one
     (fallback.py), its scale grid and flagged-stage list; null pointers when neither has."""
-    t = a if a.has_fallback and a.q2.shape[0] else b if b.has_fallback and b.q2.shape[0] else None
+    t = a if a.has_plane else b if b.has_plane else None
     if t is None:
         return (np.uint64(0),) * 4 + (np.int32(0), np.int32(0))
     q2, s2 = second_plane(t)

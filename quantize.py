@@ -83,6 +83,11 @@ class QTensor:
     def has_fallback(self):
         return self.slot is not None
 
+    @property
+    def has_plane(self):
+        """A second plane with at least one flagged block (has_fallback may flag none)."""
+        return self.slot is not None and self.q2.shape[0] > 0
+
     def t(self):
         """The transpose of the 2-D view, without requantizing (blocks are square)."""
         return transpose(self)
@@ -222,14 +227,14 @@ def second_plane(t):
     scale grid s2 (R/QB, C/QB) fp32, zero for plain blocks. Same layout as (t.q, t.s)."""
     QB = t.qblock
     Rb, Cb = t.slot.shape
-    if t.q2.shape[0] == 0:                           # nothing flagged
+    if not t.has_plane:                              # nothing flagged
         return torch.zeros_like(t.q), torch.zeros_like(t.s)
     # a gather of every block (slot -1 reads block 0) and a mask, not boolean indexing: no
     # host sync, so the GPU stays ahead of Python
-    flagged = (t.slot >= 0).view(-1)
+    plain = (t.slot < 0).view(-1)
     idx = t.slot.view(-1).clamp(min=0).long()
-    q2 = t.q2.index_select(0, idx) * flagged[:, None, None]            # (Rb*Cb, QB, QB)
-    s2 = t.s2.index_select(0, idx) * flagged
+    q2 = t.q2.index_select(0, idx).masked_fill_(plain[:, None, None], 0)   # (Rb*Cb, QB, QB)
+    s2 = t.s2.index_select(0, idx).masked_fill_(plain, 0)
     return q2.view(Rb, Cb, QB, QB).permute(0, 2, 1, 3).reshape(Rb * QB, Cb * QB), s2.view(Rb, Cb)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
-from gemm_sm90_pp_variants import time_ms  # noqa: E402  (CUDA events, medians)
+from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 VARIANTS = [  # (name, source, QB, G)
     ("exact", S.SM90_SRC, 32, 4), ("magic", S.SM90_MAGIC_SRC, 32, 8), ("magic", S.SM90_MAGIC_SRC, 32, 16),

@@ -11,7 +11,6 @@ right sums: rel err against the reference on a 256-row head is printed next to t
 GPU).
 """
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
 import int8_gemm_sm90_pp as P  # noqa: E402
+from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 PROMOTE = "acc[i] = fmaf(__int2float_rn(d[i]), sab[(i / 4) * 8 / QB], acc[i]);"
 # exact int -> float for |P| < 2^22 (QB * 127^2 <= 2.1e6): integer add into the bits of 2^23 + 2^22,
@@ -59,23 +59,6 @@ def source(name):
     for old, new in subs.items():
         src = src.replace(old, new)
     return src
-
-
-def time_ms(fn, reps=20):
-    import torch
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / reps)
-    return statistics.median(ts)
-
 
 def main():
     if "--check" in sys.argv:

@@ -1,6 +1,5 @@
 """Quick probe of the wgmma kernel (no assertion): rel err vs the reference on a 256-row head and
 the time of float / int8 out at 16384x8192x2048 (mkn), QB = 32, 64, 128, next to mma and bf16."""
-import statistics
 import sys
 
 import torch
@@ -8,22 +7,7 @@ import torch
 sys.path.insert(0, ".")
 from int8_gemm import gemm_cuda, gemm_ref  # noqa: E402
 from quantize import QTensor, quantize  # noqa: E402
-
-
-def time_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / reps)
-    return statistics.median(ts)
-
+from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 m, k, n = 16384, 8192, 2048
 a, b = torch.randn(m, k, device="cuda"), torch.randn(n, k, device="cuda")

@@ -8,7 +8,6 @@ Each variant is SM90_SRC with a text substitution, compiled for QB = 32 and 128 
 variants compute wrong sums on purpose).
 """
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
 from quantize import get_kernel, launch, quantize  # noqa: E402
+from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 PROMOTE = "for (int i = 0; i < NACC; ++i) acc[i] = fmaf(__int2float_rn(d[i]), sab[(i / 4) * 8 / QB], acc[i]);"
 COPY = "for (int i = 0; i < 8; ++i) {\n            const int m = m0"
@@ -38,22 +38,6 @@ VARIANTS = {
 def smem_bytes(qb, stages):
     blocks, kblocks = 128 // qb, 128 // qb
     return 2 * stages * 128 * 128 + stages * 2 * blocks * kblocks * 4 + 16 * stages + 4 * blocks * blocks + 1024
-
-
-def time_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / reps)
-    return statistics.median(ts)
-
 
 def main():
     m, k, n = 16384, 8192, 2048

@@ -5,7 +5,6 @@
 Each variant is GEMM_SRC with a text substitution, compiled for QB = 32 and 128 and timed on
 (M, K, N) = (16384, 8192, 2048), float out, against the shipped kernel.
 """
-import statistics
 import sys
 import os
 
@@ -15,6 +14,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm as G  # noqa: E402
 from quantize import get_kernel, launch, quantize  # noqa: E402
+from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 RESCALE = """acc[mi][ni][j] = fmaf(__int_as_float(d[mi][ni][j]) - 12582912.0f,
                                       sab[16 * mi / QB], acc[mi][ni][j]);"""
@@ -41,22 +41,6 @@ def stages_of(src, qb):
     if "BK == 64 ? 5 : 4" in src:
         return 5 if max(64, qb) == 64 else 4
     return 4 if max(64, qb) == 64 else 3
-
-
-def time_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e) / reps)
-    return statistics.median(ts)
-
 
 def main():
     M, K, N = 16384, 8192, 2048
