@@ -11,7 +11,7 @@ run. Every int8 result is checked against its float counterpart before it is tim
 
 Memory held for backward is the bytes of the tensors autograd saves (counted through
 saved-tensor hooks, parameters excluded), so it is measured the same way on CPU and GPU; on a
-GPU the peak allocated memory of a whole step is reported too.
+GPU the peak memory of a step is reported too (above what stays allocated between steps).
 """
 import argparse
 import datetime
@@ -308,18 +308,52 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
     return rows
 
 
-def bench_block(device, widths, style, B, T):
+BLOCK_MODES = ("bf16", "bf16 compile", "fp8 torchao compile", "int8", "int8+fallback")
+
+
+def float8_available():
+    """torchao's float8 training (the Hopper peer: tensorwise-scaled fp8 GEMMs, torch.compile'd)
+    runs on sm_89+ when torchao is importable; a missing torchao just drops its rows."""
+    try:
+        from torchao.float8 import convert_to_float8_training  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def make_block(style, C, T, mode, device):
+    """The block bench.py times: GPT-2 (LayerNorm + GELU) or Llama (RMSNorm + SwiGLU) style, in
+    one of BLOCK_MODES. Compiled modes compile the bf16 block (fp8: after torchao swaps its
+    nn.Linear layers for Float8Linear)."""
+    int8 = mode.startswith("int8")
+    cfg = GPTConfig(n_embd=C, n_head=max(1, C // 128), block_size=T,
+                    mlp="gelu" if style == "gpt2" else "swiglu",
+                    norm="layernorm" if style == "gpt2" else "rmsnorm",
+                    int8=int8, fallback=mode == "int8+fallback")
+    torch.manual_seed(0)
+    block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
+                  0).to(device)
+    if mode.startswith("fp8"):
+        from torchao.float8 import convert_to_float8_training
+        convert_to_float8_training(block)
+    return torch.compile(block) if mode.endswith("compile") else block
+
+
+def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
+    """Forward + backward of one block per mode: median step ms, speedup against the faster of
+    bf16 eager and bf16 compile, memory held for backward (saved tensors) and the step's peak
+    (on a GPU: the peak allocation during a step above what stays allocated between steps, i.e.
+    parameters, gradients and inputs, which every mode keeps in fp32 alike).
+    Compiled modes need a GPU (and torchao for fp8); on the CPU they are left out."""
     rows = []
+    if device.type != "cuda":
+        modes = [m for m in modes if not m.endswith("compile")]
+    elif not float8_available():
+        modes = [m for m in modes if not m.startswith("fp8")]
     for C in widths:
         results = {}
-        for mode in ("bf16", "int8", "int8+fallback"):
-            cfg = GPTConfig(n_embd=C, n_head=max(1, C // 128), block_size=T,
-                            mlp="gelu" if style == "gpt2" else "swiglu",
-                            norm="layernorm" if style == "gpt2" else "rmsnorm",
-                            int8=mode != "bf16", fallback=mode == "int8+fallback")
-            torch.manual_seed(0)
-            block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule,
-                                              cfg.fallback_threshold), 0).to(device)
+        for mode in modes:
+            block = make_block(style, C, T, mode, device)
             x = torch.randn(B, T, C, device=device, requires_grad=True)
             dout = torch.randn(B, T, C, device=device)
             amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -328,20 +362,31 @@ def bench_block(device, widths, style, B, T):
                 with amp:
                     y = block(x)
                 y.backward(dout)
+
             def forward():
                 with amp:              # what a training step holds: bf16 autocast on the GPU
                     return block(x)
+            step()                     # compiles, if the mode does, before anything is counted
             y, held = saved_bytes(forward, block)
             del y
             if device.type == "cuda":
+                torch.cuda.synchronize()
+                between = torch.cuda.memory_allocated()   # parameters, gradients, inputs
                 torch.cuda.reset_peak_memory_stats()
             ms = timeit(step, warmup=2, reps=10)
-            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+            peak = ((torch.cuda.max_memory_allocated() - between) / 2**20
+                    if device.type == "cuda" else None)
             results[mode] = (ms, held, peak)
-            base_ms, base_held, _ = results["bf16"]
+            del block, x, dout, step, forward
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        base = min(results[m][0] for m in ("bf16", "bf16 compile") if m in results)
+        base_held, base_peak = results["bf16"][1:]
+        for mode, (ms, held, peak) in results.items():
             rows.append(dict(op=f"{style} block fwd+bwd, {mode}", shape=f"B={B} T={T} C={C}",
-                             ms=ms, speedup=base_ms / ms, held_MiB=held / 2**20,
-                             held_ratio=base_held / held, peak_MiB=peak))
+                             ms=ms, speedup=base / ms, held_MiB=held / 2**20,
+                             held_ratio=base_held / held if held else None, peak_MiB=peak,
+                             peak_ratio=base_peak / peak if peak else None))
     return rows
 
 
@@ -364,9 +409,13 @@ def main(argv=None):
                    help="comma list of: ops, gemm, fallback, block")
     p.add_argument("--out", default="results", help="folder for bench.json and bench.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--widths", default=None,
+                   help="block widths, comma list (default 1024,2048,4096 on a GPU, 256 on CPU)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     big = device.type == "cuda"
+    widths = ([int(w) for w in args.widths.split(",")] if args.widths
+              else [1024, 2048, 4096] if big else [256])
     sections = {
         "ops": lambda: bench_ops(device, [(16384, 2048), (16384, 4096)] if big else [(2048, 512)]),
         "gemm": lambda: bench_gemm(device, [(16384, 768, 3072), (16384, 3072, 768),
@@ -375,10 +424,9 @@ def main(argv=None):
                                    (32, 64, 128) if big else (32,)),
         "fallback": lambda: bench_fallback(device, [(16384, 2048, 8192), (16384, 8192, 2048)]
                                            if big else [(256, 256, 256)]),
-        "block": lambda: (bench_block(device, [1024, 2048] if big else [256], "gpt2",
-                                      *((4, 2048) if big else (2, 128)))
-                          + bench_block(device, [1024, 2048] if big else [256], "llama",
-                                        *((4, 2048) if big else (2, 128)))),
+        "block": lambda: [row for style in ("gpt2", "llama")
+                          for row in bench_block(device, widths, style,
+                                                 *((4, 2048) if big else (2, 128)))],
     }
     # a copy of the tree without .git (a rented GPU box) names its commit in BENCH_COMMIT
     commit = os.environ.get("BENCH_COMMIT") or subprocess.run(

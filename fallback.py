@@ -81,7 +81,19 @@ def median_nonzero(v):
 
 def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, logical=None):
     """Boolean (R/QB, C/QB) grid of blocks that fall back to two planes."""
-    scores = outlier_scores(xp, qblock, rule, logical)
+    return flags_from_scores(outlier_scores(xp, qblock, rule, logical), rule, threshold)
+
+
+def scale_flags(s, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD):
+    """The 'median' and 'topk' rules read off a quantized tensor's scale grid alone: s is the
+    block absmax / 127, so s / median(s) is absmax / median absmax, and no float pass is needed.
+    ('crest' needs each block's rms, i.e. the floats: outlier_flags.)"""
+    if rule == "crest":
+        raise ValueError("the 'crest' rule needs the float tensor (outlier_flags), not scales")
+    return flags_from_scores(s / median_nonzero(s), rule, threshold)
+
+
+def flags_from_scores(scores, rule, threshold):
     if rule == "topk":
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"the 'topk' rule takes a fraction in [0, 1], got {threshold}")
@@ -98,24 +110,53 @@ def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, lo
 # ---------------------------------------------------------------------------------------------
 # the second plane
 
-def add_second_plane(t, xp, flags):
-    """Attach the residual plane of the flagged blocks of xp (padded fp32) to QTensor t."""
+def add_second_plane(t, flags, blocks_of):
+    """Attach the residual plane of the flagged blocks to QTensor t. blocks_of(bi, bj) returns
+    the float values of blocks (bi[n], bj[n]) as (n, QB, QB) fp32, zero in the padding: only the
+    flagged blocks are ever read or computed (gathered_blocks, or an op's recompute)."""
     QB = t.qblock
     Rb, Cb = flags.shape
     idx = flags.view(-1).nonzero().squeeze(1)      # the one host sync: n_flagged sizes q2
     bi, bj = idx // Cb, idx % Cb
-    # the residual of the flagged blocks only: gathered (n, QB, QB), no pass over the tensor
-    xb = xp.reshape(Rb, QB, Cb, QB)[bi, :, bj, :]          # (a view when xp is contiguous)
-    qb = t.q.view(Rb, QB, Cb, QB)[bi, :, bj, :]
-    rb = xb - qb.float() * t.s[bi, bj][:, None, None]              # |r| <= s1/2
+    qb = t.q.view(Rb, QB, Cb, QB)[bi, :, bj, :]                    # (n, QB, QB) int8
+    rb = blocks_of(bi, bj) - qb.float() * t.s[bi, bj][:, None, None]   # |r| <= s1/2
     amax = rb.abs().amax(dim=(1, 2))                               # (n,)
     inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
     t.q2 = torch.round(rb * inv[:, None, None]).clamp(-QMAX, QMAX).to(torch.int8)
     t.s2 = (amax / QMAX).contiguous()
-    slot = torch.full((flags.numel(),), -1, dtype=torch.int32, device=xp.device)
-    slot[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=xp.device)
+    slot = torch.full((flags.numel(),), -1, dtype=torch.int32, device=t.q.device)
+    slot[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=t.q.device)
     t.slot = slot.view(flags.shape)
     return t
+
+
+def gathered_blocks(xp, qblock):
+    """blocks_of for a padded 2-D tensor: its blocks (bi, bj) as (n, QB, QB) fp32, a gather
+    (a view of xp's blocks when xp is contiguous), never a pass over the tensor."""
+    view = xp.reshape(xp.shape[0] // qblock, qblock, xp.shape[1] // qblock, qblock)
+    return lambda bi, bj: view[bi, :, bj, :].float()
+
+
+def attach_plane(t, fallback, blocks_of):
+    """How an op gives its plain int8 output t (from a kernel) the fallback plane: flags from
+    t's scales ('median', 'topk'), and the float values of the flagged blocks alone from
+    blocks_of, which the op recomputes from its inputs. Returns t."""
+    rule, threshold = fallback
+    return add_second_plane(t, scale_flags(t.s, rule, threshold), blocks_of)
+
+
+def dequantized_blocks(t):
+    """blocks_of for a plain QTensor: its blocks (bi, bj) dequantized, (n, QB, QB) fp32."""
+    QB = t.qblock
+    Rb, Cb = t.s.shape
+    view = t.q.view(Rb, QB, Cb, QB)
+    return lambda bi, bj: view[bi, :, bj, :].float() * t.s[bi, bj][:, None, None]
+
+
+def plane_from_scales(fallback):
+    """True when an op's kernel output can take its fallback plane through attach_plane: no
+    fallback, or a rule that reads the scales ('crest' runs the op's torch reference)."""
+    return fallback is None or fallback[0] != "crest"
 
 
 def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
@@ -125,11 +166,15 @@ def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THR
     The first plane is exactly quantize(x, qblock, stochastic); threshold = inf adds nothing.
     """
     check_float(x)
-    check_finite(x)
+    if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
+        check_finite(x)
     t = quantize(x, qblock, stochastic, generator)
-    xp = pad_2d(as_2d(x).float(), qblock)                          # (R, C) fp32, padded
-    flags = outlier_flags(xp, qblock, rule, threshold, logical=(t.rows, t.cols))
-    add_second_plane(t, xp, flags)
+    xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
+    if rule == "crest":
+        flags = outlier_flags(xp.float(), qblock, rule, threshold, logical=(t.rows, t.cols))
+    else:
+        flags = scale_flags(t.s, rule, threshold)
+    add_second_plane(t, flags, gathered_blocks(xp, qblock))
     return t, flagged_fraction(t)
 
 
@@ -200,5 +245,6 @@ def quantize_out(y, qblock, fallback=None):
 
 
 __all__ = ["RULES", "DEFAULT_RULE", "DEFAULT_THRESHOLD", "outlier_scores", "outlier_flags",
+           "scale_flags", "attach_plane", "dequantized_blocks", "plane_from_scales",
            "quantize_fallback", "quantize_fallback_ref", "flagged_fraction", "mixed_gemm",
            "FallbackConfig", "quantize_out", "QTensor", "dequantize"]

@@ -35,7 +35,8 @@ Layouts (QB = qblock; the 2-D views padded to multiples of QB inside the QTensor
 Forward outputs are rounded to nearest (they are activations); gradients use unbiased
 stochastic rounding by default (switchable). Arithmetic is fp32 on the dequantized values.
 SwiGLU outputs carry the large sparse outliers that Fallback Quantization (Zhang et al. 2025,
-arXiv 2503.08040) targets; the fallback plane is added by fallback.py, not here.
+arXiv 2503.08040) targets; the forward takes fallback=(rule, threshold) for a second plane
+(fallback.py), which on CUDA costs a recompute of the flagged blocks alone.
 
 The references here are plain torch; the public names (`gelu_fwd`, ...) run the CUDA kernels
 of int8_gelu_cuda.py on CUDA tensors.
@@ -44,7 +45,7 @@ import math
 
 import torch
 
-from fallback import quantize_out
+from fallback import attach_plane, dequantized_blocks, plane_from_scales, quantize_out
 from quantize import QTensor, check_finite, check_float, dequantize, on_cuda, quantize
 
 GELU_K = math.sqrt(2.0 / math.pi)
@@ -151,8 +152,9 @@ def swiglu_bwd_ref(dg, h_q, stochastic=True, generator=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# public API: CUDA tensors go to int8_gelu_cuda.py (the plain case: no fallback plane, an int8
-# gradient), everything else to the reference
+# public API: CUDA tensors go to int8_gelu_cuda.py (plain int8 inputs; a forward's fallback
+# plane is attached to the kernel's output by fallback.attach_plane), everything else to the
+# reference
 
 def _plain_cuda(*ts):
     return (all(isinstance(t, QTensor) and not t.has_fallback for t in ts)
@@ -160,11 +162,16 @@ def _plain_cuda(*ts):
 
 
 def gelu_fwd(h_q, fallback=None):
-    """fallback=(rule, threshold) gives the output's outlier blocks a second plane."""
+    """fallback=(rule, threshold) gives the output's outlier blocks a second plane; on CUDA the
+    kernel writes the plain int8 output and gelu is recomputed for the flagged blocks alone."""
     _check_q(h_q)
-    if fallback is None and _plain_cuda(h_q):
+    if plane_from_scales(fallback) and _plain_cuda(h_q):
         from int8_gelu_cuda import gelu_fwd_cuda
-        return gelu_fwd_cuda(h_q)
+        g_q = gelu_fwd_cuda(h_q)
+        if fallback is not None:
+            h_blocks = dequantized_blocks(h_q)
+            attach_plane(g_q, fallback, lambda bi, bj: gelu_tanh(h_blocks(bi, bj)))
+        return g_q
     return gelu_fwd_ref(h_q, fallback)
 
 
@@ -177,10 +184,15 @@ def gelu_bwd(dg, h_q, stochastic=True, generator=None):
 
 
 def swiglu_fwd(h_q, fallback=None):
-    _swiglu_split(h_q)
-    if fallback is None and _plain_cuda(h_q):
+    H = _swiglu_split(h_q)
+    if plane_from_scales(fallback) and _plain_cuda(h_q):
         from int8_gelu_cuda import swiglu_fwd_cuda
-        return swiglu_fwd_cuda(h_q)
+        g_q = swiglu_fwd_cuda(h_q)
+        if fallback is not None:           # output block (i, j): gate block (i, j), up (i, j + Hb)
+            h_blocks, Hb = dequantized_blocks(h_q), H // h_q.qblock
+            attach_plane(g_q, fallback, lambda bi, bj: torch.nn.functional.silu(
+                h_blocks(bi, bj)) * h_blocks(bi, bj + Hb))
+        return g_q
     return swiglu_fwd_ref(h_q, fallback)
 
 

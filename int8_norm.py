@@ -41,10 +41,11 @@ kernels of int8_norm_cuda.py on CUDA tensors.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from fallback import quantize_out
+from fallback import attach_plane, plane_from_scales, quantize_out
 from quantize import (QTensor, as_2d, check_finite, check_float, check_qblock, dequantize,
-                      load_q, on_cuda, quantize, save_q)
+                      load_q, on_cuda, pad_2d, quantize, save_q)
 
 # ---------------------------------------------------------------------------------------------
 # input checks
@@ -152,13 +153,40 @@ def rmsnorm_bwd_ref(dy, xhat_q, rstd, weight):
     return dx.reshape(xhat_q.shape), dweight
 
 
+def norm_blocks(x, weight, bias, rstd, qblock, layernorm):
+    """The fallback plane's blocks_of (fallback.attach_plane) for a norm's output y: y of the
+    blocks (bi, bj) alone, recomputed from x, the per-row rstd and, for LayerNorm, the row mean
+    (one pass over x); the same operations in the same order as the references above."""
+    x2 = as_2d(x)                                              # (rows, C)
+    rows, QB = x2.shape[0], qblock
+    xp = pad_2d(x2, QB)                                        # (R, Cp), a view if aligned
+    view = xp.reshape(xp.shape[0] // QB, QB, xp.shape[1] // QB, QB)
+    pad_r, pad_c = xp.shape[0] - rows, xp.shape[1] - x2.shape[1]
+    mu = F.pad(x2.float().mean(dim=1), (0, pad_r)) if layernorm else None      # (R,)
+    rstd, w = F.pad(rstd.float(), (0, pad_r)), F.pad(weight.float(), (0, pad_c))
+    b = F.pad(bias.float(), (0, pad_c)) if bias is not None else None
+    ar = torch.arange(QB, device=x.device)
+
+    def blocks_of(bi, bj):
+        r, c = bi[:, None] * QB + ar, bj[:, None] * QB + ar   # (n, QB) rows, columns
+        xb = view[bi, :, bj, :].float()                        # (n, QB, QB)
+        if layernorm:
+            xb = xb - mu[r][:, :, None]
+        y = xb * rstd[r][:, :, None] * w[c][:, None, :]
+        if b is not None:
+            y = y + b[c][:, None, :]
+        return y * (r < rows)[:, :, None]                      # zero in the padding rows
+    return blocks_of
+
+
 # ---------------------------------------------------------------------------------------------
-# public API: CUDA tensors go to int8_norm_cuda.py (the plain case), everything else to the
-# reference. The CUDA path skips the host-side NaN/Inf check (a sync per call; the kernel
-# flags non-finite values itself, see quantize_cuda.py) and the fallback plane (a later issue).
+# public API: CUDA tensors go to int8_norm_cuda.py, everything else to the reference. The CUDA
+# path skips the host-side NaN/Inf check (a sync per call; the kernel flags non-finite values
+# itself, see quantize_cuda.py); a fallback plane is attached to the kernel's int8 output from
+# its scales and a recompute of the flagged blocks alone (norm_blocks).
 
 def _fwd_on_cuda(x, weight, bias, qblock, fallback):
-    if fallback is not None or not isinstance(x, torch.Tensor) or x.dim() < 2:
+    if not plane_from_scales(fallback) or not isinstance(x, torch.Tensor) or x.dim() < 2:
         return False
     params = (weight,) if bias is None else (weight, bias)
     if not on_cuda(x, *params) or any(p.shape != (x.shape[-1],) for p in params):
@@ -167,13 +195,17 @@ def _fwd_on_cuda(x, weight, bias, qblock, fallback):
     return fwd_config(x.shape[-1], qblock) is not None
 
 
-def _norm_fwd(x, weight, bias, qblock, eps, layernorm):
+def _norm_fwd(x, weight, bias, qblock, eps, layernorm, fallback):
     check_qblock(qblock)
     check_float(x, "x")
     from int8_norm_cuda import norm_fwd_cuda
-    return norm_fwd_cuda(x.float().contiguous(), weight.float().contiguous(),
-                         None if bias is None else bias.float().contiguous(), qblock, eps,
-                         layernorm)
+    x = x.float().contiguous()
+    out = norm_fwd_cuda(x, weight.float().contiguous(),
+                        None if bias is None else bias.float().contiguous(), qblock, eps,
+                        layernorm)
+    if fallback is not None:
+        attach_plane(out[0], fallback, norm_blocks(x, weight, bias, out[2], qblock, layernorm))
+    return out
 
 
 def _bwd_on_cuda(dy, xhat_q, rstd, weight):
@@ -191,7 +223,7 @@ def _norm_bwd(dy, xhat_q, rstd, weight, layernorm):
 def layernorm_fwd(x, weight, bias, qblock=32, eps=1e-5, fallback=None):
     """fallback=(rule, threshold) gives y_q's outlier blocks a second plane (fallback.py)."""
     if _fwd_on_cuda(x, weight, bias, qblock, fallback):
-        return _norm_fwd(x, weight, bias, qblock, eps, layernorm=True)
+        return _norm_fwd(x, weight, bias, qblock, eps, True, fallback)
     return layernorm_fwd_ref(x, weight, bias, qblock, eps, fallback)
 
 
@@ -204,7 +236,7 @@ def layernorm_bwd(dy, xhat_q, rstd, weight, has_bias=True):
 
 def rmsnorm_fwd(x, weight, qblock=32, eps=1e-6, fallback=None):
     if _fwd_on_cuda(x, weight, None, qblock, fallback):
-        return _norm_fwd(x, weight, None, qblock, eps, layernorm=False)
+        return _norm_fwd(x, weight, None, qblock, eps, False, fallback)
     return rmsnorm_fwd_ref(x, weight, qblock, eps, fallback)
 
 

