@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import quantize_cuda as qc
 from int8_gelu import gelu_bwd, gelu_bwd_ref, gelu_fwd, gelu_fwd_ref, swiglu_bwd, swiglu_fwd, \
     swiglu_fwd_ref
 from int8_gelu_cuda import gelu_bwd_cuda, gelu_fwd_cuda, swiglu_bwd_cuda, swiglu_fwd_cuda
@@ -135,6 +136,47 @@ def test_bwd_stochastic_unbiased_on_gpu(op):
     bound = 6 * s / 2 / n ** 0.5 + 1e-6
     err = (mean - ref).abs()
     assert (err <= bound).all(), f"mean err {(err / bound).max().item():.2f}x the 6-sigma bound"
+
+
+@pytest.mark.parametrize("qblock", [32, 128])
+def test_bwd_at_the_block_absmax(qblock):
+    """Every |dh| equal to its block's absmax (dg = +-c where gelu' = 1): round to nearest gives
+    +-127 exactly and stochastic rounding +-127 or +-126, never past 127 (no clamp in the
+    kernel: its multiplier is rounded down so that |y| <= 127 holds exactly)."""
+    torch.manual_seed(8)
+    n = 2 * qblock
+    h_q = quantize(torch.full((n, n), 50.0, device="cuda"), qblock)     # gelu'(50) = 1
+    sign = torch.randint(0, 2, (n, n), device="cuda", dtype=torch.int32) * 2 - 1
+    dg_q = quantize(sign.float() * 0.37, qblock)
+    assert torch.equal(gelu_bwd_cuda(dg_q, h_q, stochastic=False).q.int(), 127 * sign)
+    for _ in range(20):
+        q = gelu_bwd_cuda(dg_q, h_q).q.int()
+        assert q.min() >= -127 and (q * sign).min() >= 126, f"{(q * sign).min()}"
+
+
+def test_nonfinite_scale_gives_nan_block_and_flag(monkeypatch):
+    """A NaN input scale (an upstream kernel met a NaN) makes the blocks that read it NaN-scaled
+    (the others untouched) and sets the device flag, as quantize_cuda's kernels do."""
+    torch.manual_seed(9)
+    h_q = quantize(make_h((64, 128), 32, "randn"), 32)                # 2 x 4 blocks
+    bad = QTensor(h_q.q, h_q.s.clone(), h_q.shape, 32)
+    bad.s[1, 2] = float("nan")                                         # SwiGLU: up of block (1, 0)
+    dg, dg_half = (quantize(torch.randn(64, c, device="cuda"), 32) for c in (128, 64))
+    for name, run, nan_block in (("gelu fwd", lambda: gelu_fwd_cuda(bad), (1, 2)),
+                                 ("gelu bwd", lambda: gelu_bwd_cuda(dg, bad), (1, 2)),
+                                 ("swiglu fwd", lambda: swiglu_fwd_cuda(bad), (1, 0)),
+                                 ("swiglu bwd", lambda: swiglu_bwd_cuda(dg_half, bad), (1, 0))):
+        qc.nonfinite_flag(bad.device).zero_()
+        s = run().s.cpu()
+        expected = torch.zeros_like(s, dtype=torch.bool)
+        expected[nan_block] = True
+        assert torch.equal(torch.isnan(s), expected), f"{name}: NaN scales at {torch.isnan(s)}"
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            qc.check_nonfinite()
+    monkeypatch.setattr(qc, "STRICT", True)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        gelu_fwd_cuda(bad)
+    gelu_fwd_cuda(h_q)                                                 # flag reset: no raise
 
 
 def test_public_names_dispatch_and_float_gradients():
