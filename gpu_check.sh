@@ -6,6 +6,11 @@ set -o pipefail
 OUT=${OUT:-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# wheels carried to a machine with no package index (torchao, for bench.py's fp8 rows)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 # the device machine's copy of the tree has no .git: pass BENCH_COMMIT=<hash> from outside
 export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
 {

@@ -37,7 +37,7 @@ Recovering xhat from the saved y_q would be cheaper still, but it divides by w, 
 ill-conditioned wherever a weight drifts near zero. rstd is one fp32 per row: negligible.
 
 The references here are plain torch; the public names (`layernorm_fwd`, ...) run the CUDA
-kernels of int8_norm_cuda.py on CUDA tensors.
+kernels of int8_norm_cuda.py (forward) and int8_norm_bwd_cuda.py (backward) on CUDA tensors.
 """
 import torch
 import torch.nn as nn
@@ -180,10 +180,11 @@ def norm_blocks(x, weight, bias, rstd, qblock, layernorm):
 
 
 # ---------------------------------------------------------------------------------------------
-# public API: CUDA tensors go to int8_norm_cuda.py, everything else to the reference. The CUDA
-# path skips the host-side NaN/Inf check (a sync per call; the kernel flags non-finite values
-# itself, see quantize_cuda.py); a fallback plane is attached to the kernel's int8 output from
-# its scales and a recompute of the flagged blocks alone (norm_blocks).
+# public API: CUDA tensors go to int8_norm_cuda.py (forward) and int8_norm_bwd_cuda.py, the rest
+# to the reference. The CUDA path skips the host-side NaN/Inf check (a sync per call; the kernel
+# flags non-finite values itself, see quantize_cuda.py); a fallback plane is attached to the
+# kernel's int8 output from its scales and a recompute of the flagged blocks alone
+# (norm_blocks).
 
 def _fwd_on_cuda(x, weight, bias, qblock, fallback):
     if not plane_from_scales(fallback) or not isinstance(x, torch.Tensor) or x.dim() < 2:
@@ -215,7 +216,7 @@ def _bwd_on_cuda(dy, xhat_q, rstd, weight):
 
 
 def _norm_bwd(dy, xhat_q, rstd, weight, layernorm):
-    from int8_norm_cuda import norm_bwd_cuda
+    from int8_norm_bwd_cuda import norm_bwd_cuda
     return norm_bwd_cuda(dy, xhat_q, rstd.float().contiguous(), weight.float().contiguous(),
                          layernorm)
 

@@ -167,8 +167,8 @@ def main(argv=None):
     master = rank == 0
     if ddp and 'cuda' in config['device']:
         config['device'] = f"cuda:{os.environ['LOCAL_RANK']}"
-    if 'cuda' in config['device']:  # the CuPy kernels launch on the current device
-        torch.cuda.set_device(config['device'])
+    if torch.device(config['device']).index is not None:  # 'cuda:1': make it the current
+        torch.cuda.set_device(config['device'])  # device, where the CuPy kernels launch
     own_group = ddp and not dist.is_initialized()  # a caller may have made one (the tests do)
     if own_group:
         dist.init_process_group(backend='nccl' if 'cuda' in config['device'] else 'gloo')

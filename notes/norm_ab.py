@@ -1,10 +1,13 @@
 """A/B of the LayerNorm/RMSNorm kernels (issue 3) on the GPU, in one run:
 
-    python notes/norm_ab.py OLD_COPY_OF_int8_norm_cuda.py
+    python notes/norm_ab.py OLD_int8_norm_cuda.py [OLD_int8_norm_bwd_cuda.py]
+
+The old kernels: a copy of int8_norm_cuda.py from before the backward moved out (it holds both
+directions), or the two files of a later copy.
 
 1. the bandwidth ceilings the kernels are held to (copy, pure write, the casts torch does);
-2. bench.py's four norm rows (same inputs, bytes and bf16 counterparts) with the kernels of an
-   older copy of int8_norm_cuda.py, then with this tree's, the forward at two ring depths;
+2. bench.py's four norm rows (same inputs, bytes and bf16 counterparts) with the old kernels,
+   then with this tree's;
 3. the backward alone. Kernel time is bench.kernel_ms (profiler: GPU time of the kernels only).
 """
 import importlib.util
@@ -15,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import bench  # noqa: E402
+import int8_norm_bwd_cuda  # noqa: E402
 import int8_norm_cuda  # noqa: E402
 from quantize import quantize  # noqa: E402
 
@@ -22,11 +26,28 @@ dev = torch.device("cuda")
 COPY_GBS = 3000.0
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location("int8_norm_cuda_old", path)
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load(fwd_path, bwd_path=None):
+    """The old kernels as (forward module, backward module)."""
+    fwd = load_module(fwd_path, "int8_norm_cuda_old")
+    if bwd_path is None:
+        return fwd, fwd
+    use(fwd, int8_norm_bwd_cuda)           # the old backward imports ASYNC_SRC from its forward
+    try:
+        return fwd, load_module(bwd_path, "int8_norm_bwd_cuda_old")
+    finally:
+        use(int8_norm_cuda, int8_norm_bwd_cuda)
+
+
+def use(fwd, bwd):
+    """Route int8_norm (it imports the kernel modules at call time) to these two."""
+    sys.modules["int8_norm_cuda"], sys.modules["int8_norm_bwd_cuda"] = fwd, bwd
 
 
 def ceilings(n=16384 * 4096):
@@ -89,13 +110,13 @@ def norm_rows(tag, M, C, bf16_ms):
               f"err {err:.2e}", flush=True)
 
 
-def bwd_alone(tag, mod, M, C):
+def bwd_alone(tag, fwd, bwd, M, C):
     x = torch.randn(M, C, device=dev) * 2 + 0.5
     w, b = torch.rand(C, device=dev) + 0.5, torch.randn(C, device=dev) * 0.1
     dy_q = quantize(torch.randn(M, C, device=dev), stochastic=True)
     for ln in (True, False):
-        _, xh_q, rstd = mod.norm_fwd_cuda(x, w, b if ln else None, 32, 1e-5, ln)
-        ms = bench.kernel_ms(lambda: mod.norm_bwd_cuda(dy_q, xh_q, rstd, w, ln), reps=50)
+        _, xh_q, rstd = fwd.norm_fwd_cuda(x, w, b if ln else None, 32, 1e-5, ln)
+        ms = bench.kernel_ms(lambda: bwd.norm_bwd_cuda(dy_q, xh_q, rstd, w, ln), reps=50)
         print(f"{tag:10s} bwd {'LN ' if ln else 'RMS'} {M}x{C} (with the dw/db sums) "
               f"{ms * 1e3:6.1f} us {6 * M * C / ms / 1e6:5.0f} GB/s", flush=True)
 
@@ -116,19 +137,15 @@ def main():
     print(torch.cuda.get_device_name(dev))
     ceilings()
     write_patterns()
-    new, old = int8_norm_cuda, load(sys.argv[1])
-    variants = [("old", old, None), ("new", new, 3), ("new S=2", new, 2), ("new again", new, 3)]
+    variants = (("old", load(*sys.argv[1:3])), ("new", (int8_norm_cuda, int8_norm_bwd_cuda)))
     for M, C in ((16384, 2048), (16384, 4096)):
         bf16_ms = {}
-        for tag, mod, stages in variants:
-            if stages is not None:
-                mod.FWD_STAGES = stages
-            sys.modules["int8_norm_cuda"] = mod        # int8_norm imports it at call time
+        for tag, (fwd, bwd) in variants:
+            use(fwd, bwd)
             norm_rows(tag, M, C, bf16_ms)
-        sys.modules["int8_norm_cuda"] = new
-        new.FWD_STAGES = 3
-        for tag, mod in (("old", old), ("new", new)):
-            bwd_alone(tag, mod, M, C)
+        use(int8_norm_cuda, int8_norm_bwd_cuda)
+        for tag, (fwd, bwd) in variants:
+            bwd_alone(tag, fwd, bwd, M, C)
     print("forward grids, (K, threads, smem) -> clusters in one wave:", CLUSTERS)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The CUDA kernels of int8_norm_cuda.py against the references of int8_norm.py (GPU only).
+"""The CUDA kernels of int8_norm_cuda.py and int8_norm_bwd_cuda.py against the references of
+int8_norm.py (GPU only).
 
 Tolerances: the kernels sum rows in another order than torch, so mean and rstd differ by an ulp
 or so (rstd: rtol 1e-5), and an int8 value may differ by one level where y or xhat sits within a
@@ -12,7 +13,8 @@ import torch
 import quantize_cuda
 from int8_norm import (layernorm_bwd, layernorm_bwd_ref, layernorm_fwd, layernorm_fwd_ref,
                        rmsnorm_bwd, rmsnorm_bwd_ref, rmsnorm_fwd, rmsnorm_fwd_ref)
-from int8_norm_cuda import fwd_config, norm_bwd_cuda, norm_fwd_cuda
+from int8_norm_bwd_cuda import norm_bwd_cuda
+from int8_norm_cuda import fwd_config, norm_fwd_cuda
 from quantize import QTensor, quantize
 
 pytestmark = pytest.mark.gpu
