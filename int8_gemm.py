@@ -26,9 +26,9 @@ pipeline and the rescale); the Hopper wgmma kernel in int8_gemm_sm90.py. This fi
 reference, the launcher and the dispatch.
 
 Operands with a fallback plane (fallback.py) are a sum over plane pairs. On Hopper, gemm()
-runs one wgmma kernel that adds the plane's flagged K-stages as extra K-blocks (its cost grows
-with them: int8_gemm_sm90.py); with the mma.sync kernel, or planes on both operands, one
-tensor-core GEMM per plane pair (gemm_planes); on the CPU the reference.
+runs one wgmma kernel that reads the compact plane and adds its flagged K-blocks as extra
+K-blocks (its cost grows with them: int8_gemm_sm90.py); with the mma.sync kernel, or planes on
+both operands, one tensor-core GEMM per plane pair (gemm_planes); on the CPU the reference.
 """
 from functools import lru_cache, partial
 
@@ -168,7 +168,7 @@ def _auto_kernel(device_index):
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto"):
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
-    one of them may carry a fallback plane, whose flagged K-stages then run as extra K-blocks).
+    one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks).
     kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion at
     QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
     int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
@@ -263,7 +263,7 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
             kernel = _auto_kernel(a.q.device.index)
             kernel = "wgmma_exact" if kernel == "wgmma" else kernel
             if kernel != "mma" and not (a.has_plane and b.has_plane):
-                # fused: the plane's flagged K-stages run as extra K-blocks of one kernel
+                # fused: the plane's flagged K-blocks run as extra K-blocks of one kernel
                 return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel)
             return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate,
                                partial(gemm_cuda, kernel=kernel))

@@ -28,6 +28,18 @@ occupies the tensor cores. Partial tiles: rows past Mp / Np and K past Kp are ze
 cp.async (src-size 0), their scales load as 0, and the stores are masked; so any Mp, Np, Kp
 multiple of QB works.
 
+The fallback operand's second plane (fallback.py) rides the same kernel, read in its compact form
+(slot -> q2 block): device-built lists (plane_lists, no host sync) of the K-blocks holding a
+flagged block, per 128-row tile, or per 64-row consumer half of a tile when the plane is on A
+and few blocks are flagged (_halves), each entry with its row blocks' slots and scales
+gathered. After the plain stages the producer loads the listed K-blocks (a half's into its own
+K-block columns of a stage), taking each flagged QB x QB block straight from q2[slot] into the
+swizzled tile (zeros where there is none) and the other operand's same K-block as usual; the
+consumers run them after the plain K loop (consume_plane). So the plane costs in proportion to
+the (tile or half, K-block) pairs it touches, and nothing is expanded to a dense plane. Overhead
+against the plain exact GEMM (H100, uniform flags, QB = 32, notes/gemm_sm90.md): +9-11% at 1%
+flagged, +22-29% at 5%.
+
 Two promotions, one K loop each (consume()); _source() picks one per launch:
   exact (SM90_CONSUME_SRC)        acc = fma(float(D), s_A s_B, acc): I2FP + FFMA per element per
                                   K-block, bit for bit the reference's rounding order but for FMA
@@ -54,11 +66,12 @@ import torch
 
 from int8_gemm import cdiv
 from int8_gemm_mma import GEMM_STORE_SRC
-from quantize import get_kernel, launch, second_plane
+from quantize import get_kernel, launch
 
 TILE = 128                                   # BM = BN of the kernel
 STAGES = 5                                   # 5 x (16 + 16 KB) ring
 THREADS = 384                                # producer + 2 consumer warpgroups
+SPLIT_HALVES = True                          # allow one K-block list per consumer half (_halves)
 
 
 def _wgmma_wrapper(n):
@@ -182,65 +195,170 @@ __device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
     n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
 }
 
-// The fallback operand's second plane (fallback.py): when `count` is set, the tile's K loop
-// runs KT0 = Kp / BK stages of the plain operands and then, for the `count[tile]` K-stages listed
-// in `stages` (those that hold a flagged block in this tile's rows of the plane operand), the
-// plane in place of its operand against the same stage of the other one. The consumers just see
-// more K-blocks; the plane's scales are zero outside flagged blocks, so the extra stages add
-// exactly s2 * s_other * (q2 . q_other) for the flagged pairs and the cost grows with them.
+// The fallback operand's second plane, in the compact form of fallback.py: q2 (n2, QB, QB) int8,
+// each flagged block row-major, found through a slot grid (-1: a plain block). When `count` is
+// set, the tile's K loop runs its plain stages and then the plane's: K-blocks from device-built
+// lists of those holding a flagged block, with the plane in place of its operand against the same
+// K-block of the other one. The producer reads each flagged block straight from q2 and
+// zero-fills the rest (a plain block's plane is zero, and so is its scale), so they add exactly
+// s2 * s_other * (q2 . q_other) for the flagged pairs.
+//
+// Which K-blocks: halves = 1, one list per 128-row tile of the plane operand (the K-blocks
+// flagged anywhere in its rows), KBS to a stage, both consumer warpgroups taking all of them.
+// halves = 2 (the plane on A, QB <= 64): one list per 64-row consumer half, which then runs only
+// its own: a stage's K-block columns 0 .. KBS/2-1 hold half 0's next K-blocks (A rows 0-63),
+// columns KBS/2 .. KBS-1 half 1's (A rows 64-127), and B holds each column's K-block. A K-block
+// flagged in one half's rows costs that half alone, and the two halves run side by side.
+// Each list entry comes with the slots of the list's RL = RBS / halves row blocks in that
+// K-block and their scales (gathered on the host), so the producer's loads per stage do not
+// wait on one another (a chain of dependent loads per stage made the producer the bottleneck).
 struct Plane {
-    const signed char* q;        // (rows, Kp) int8, zero outside flagged blocks
-    const float* s;              // (rows / QB, Kp / QB) fp32, zero outside flagged blocks
-    const int* stages;           // (tiles, stride) int32: this tile's listed K-stages first
-    const int* count;            // (tiles,) int32; nullptr: no plane
-    int stride, on_b;            // on_b: the plane belongs to B (rows of the tile: n0) not A
+    const signed char* q2;       // (n2, QB, QB) int8, the flagged blocks
+    const int* list;             // (lists, stride) int32: each list's K-blocks, flagged first
+    const int* count;            // (lists,) int32, lists = tiles * halves; nullptr: no plane
+    const int* slot;             // (lists, stride, RL) int32: q2 index of each row block, or -1
+    const float* s2;             // (lists, stride, RL) fp32: its scale, or 0
+    int stride, halves, on_b;    // on_b: the plane belongs to B (tile rows: n0) not A
 };
 
 // The tile of the plane operand that this CTA's rows (A) or columns (B) fall in
 __device__ __forceinline__ int plane_tile(const Plane& pl, int m0, int n0) {
     return (pl.on_b ? n0 : m0) / BM;
 }
-// Stages of a tile's K loop: the plain ones, the plane's `extra`, rounded up to whole consumer
-// groups (a stage past the list, like K past Kp, is zero-filled: it adds nothing).
-__device__ __forceinline__ int tile_stages(int Kp, int extra) {
-    return ((Kp + BK - 1) / BK + extra + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
+// Stages of the plain K loop: Kp / BK rounded up to whole consumer groups (K past Kp is
+// zero-filled: it adds nothing)
+__device__ __forceinline__ int plain_stages(int Kp) {
+    return ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
+}
+// Stages of the plane: KBS / halves K-blocks of each list per stage, for the longest list
+__device__ __forceinline__ int plane_stages(const Plane& pl, int m0, int n0) {
+    if (!pl.count) return 0;
+    const int first = plane_tile(pl, m0, n0) * pl.halves, per = KBS / pl.halves;
+    int n = 0;
+    for (int h = 0; h < pl.halves; ++h) n = max(n, (pl.count[first + h] + per - 1) / per);
+    return n;
+}
+// Column j of the plane's stages: its list (the tile's, or consumer half h's), the index of its
+// entry in stage 0 (stage e: e * per further), and n: stage e has an entry while e * per < n
+struct PlaneColumn {
+    int h, first, n;
+};
+__device__ __forceinline__ PlaneColumn plane_column(const Plane& pl, int m0, int n0, int j) {
+    const int per = KBS / pl.halves, list = plane_tile(pl, m0, n0) * pl.halves + j / per;
+    return PlaneColumn{j / per, list * pl.stride + j % per, pl.count[list] - j % per};
 }
 
-// Producer warpgroup: thread t copies chunk t % 8 of rows t / 8 + 16 i (i < 8) of the A and B
-// tiles (8 threads read one row's 128 contiguous bytes), and one scale if t < SCALE_FLOATS.
+// An opaque copy of x, made anew where it is used: keeps the compiler from hoisting the per-row
+// offsets out of the stage loop (8 rows x 2 operands of them do not fit the producer's 40
+// registers: it spills).
+__device__ __forceinline__ int opaque(int x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
+// The producer's share of one tile (A or B) per stage: thread t copies chunk c = t % 8 of rows
+// r0 + 16 i (r0 = t / 8, i < 8; 8 threads read one row's 128 contiguous bytes). Chunk c holds
+// bytes 16 c % QB .. + 15 of K-block kb (its column j = 16 c / QB of the stage). Rows past
+// `rows` and kb = -1 are zero-filled.
+__device__ __forceinline__ void copy_plain(unsigned tile, unsigned dst, const signed char* P,
+                                           int row0, int rows, int Kp, int kb, int r0, int c) {
+    const int left = kb >= 0 ? rows - row0 - r0 : 0, step = opaque(16 * Kp);
+    const signed char* p = P + (long long)(row0 + r0) * Kp + kb * QB + 16 * c % QB;
+    #pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const bool ok = 16 * i < left;
+        cp_async16(tile + dst + 2048 * i, ok ? p : P, ok ? 16 : 0);
+        p += step;
+    }
+}
+// The plane operand's tile from the compact plane: thread t copies chunk c of rows 8 g .. 8 g + 7
+// (g = t / 8), which lie in one row block, whose block q2[slot] holds row r at byte QB * (r % QB):
+// so the 16 bytes land in shared memory exactly where a dense plane's would (row r's chunk c at
+// chunk c ^ (r % 8) = c ^ i). slot = -1: zeros.
+__device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2, int slot, int g,
+                                           int c) {
+    const signed char* p = q2 + (long long)max(slot, 0) * (QB * QB) + 8 * g % QB * QB + 16 * c % QB;
+    #pragma unroll
+    for (int i = 0; i < 8; ++i)
+        cp_async16(tile + (8 * g + i) * BK + ((c ^ i) << 4), p + i * QB, slot >= 0 ? 16 : 0);
+}
+
+// Thread t < SCALE_FLOATS loads one scale of the stage: s_A[m0/QB + rb, kb_j] -> [j][rb], then
+// s_B likewise; its block and K-block column j:
+__device__ __forceinline__ void scale_role(int t, int m0, int n0, bool& is_a, int& blk, int& j) {
+    is_a = t < RBS * KBS;
+    const int u = is_a ? t : t - RBS * KBS, nb = is_a ? RBS : CBS;
+    blk = (is_a ? m0 : n0) / QB + u % nb;
+    j = u / nb;
+}
+
+// Producer warpgroup: per stage, the A and B tiles (copy_plain / copy_plane) and, thread
+// t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. Two
+// loops, the plain stages and then the plane's, so that neither carries the other's registers
+// (the producer has 40).
 __device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
-                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, int n_extra,
-                        const Plane& pl) {
-    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, KT0 = (Kp + BK - 1) / BK;
-    const int KT = tile_stages(Kp, n_extra);
+                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, const Plane& pl) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
     const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
-    const int* listed = pl.stages + (long long)plane_tile(pl, m0, n0) * pl.stride;
-    for (int kt = 0; kt < KT; ++kt) {
-        const int slot = kt % STAGES;
-        // which K-stage, and from which planes: plain first, then the listed ones (-1: zeros)
-        const bool second = kt >= KT0;
-        const int ks = !second ? kt : kt - KT0 < n_extra ? listed[kt - KT0] : -1;
-        const signed char* a = second && !pl.on_b ? pl.q : A;
-        const signed char* b = second && pl.on_b ? pl.q : B;
-        const float* as = second && !pl.on_b ? pl.s : As;
-        const float* bs = second && pl.on_b ? pl.s : Bs;
-        const int k0 = ks * BK + 16 * c;
+    bool is_a;
+    int blk, j;
+    scale_role(t, m0, n0, is_a, blk, j);
+    const unsigned s_dst = base + SMEM_S + 4 * t;
+    const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
+    int kt = 0;
+    for (; kt < KT0; ++kt) {
+        const int slot = kt % STAGES, kb = kt * KBS + 16 * c / QB;
+        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+        copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
+        copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
+        if (t < SCALE_FLOATS) {
+            const int kbj = kt * KBS + j;
+            const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;
+            const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kbj : 0);
+            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src, ok ? 4 : 0);
+        }
+        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+    }
+    if (KT == KT0) return;
+    // The plane's stages. My chunk's column has one list (col); my plane rows 8 g .. 8 g + 7 one
+    // row block in it (rb; outside it when halves = 2 and the rows are the other half's: not
+    // copied, that half never reads this column). The list entries (K-block, slot) of each stage
+    // are loaded one stage ahead, so the copies never wait for them.
+    const int per = KBS / pl.halves, rl = RBS / pl.halves, g = t / 8;
+    const PlaneColumn col = plane_column(pl, m0, n0, 16 * c / QB);
+    const int rb = 8 * g / QB - col.h * rl;
+    const bool has_rows = rb >= 0 && rb < rl;
+    int kb_next = -1, slot_next = -1;
+    auto fetch = [&](int e) {                            // the entries of the plane's stage e
+        const int i = e * per;
+        kb_next = i < col.n ? pl.list[col.first + i] : -1;
+        slot_next = i < col.n && has_rows ? pl.slot[(long long)(col.first + i) * rl + rb] : -1;
+    };
+    fetch(0);
+    for (int e = 0; kt < KT; ++kt, ++e) {
+        const int slot = kt % STAGES, kb = kb_next, s = slot_next;
+        fetch(e + 1);
         if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
         const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
-        #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int m = m0 + r0 + 16 * i, n = n0 + r0 + 16 * i;
-            const bool ka = ks >= 0 && k0 < Kp && m < Mp, kb = ks >= 0 && k0 < Kp && n < Np;
-            cp_async16(sA + dst + 2048 * i, a + (ka ? (long long)m * Kp + k0 : 0), ka ? 16 : 0);
-            cp_async16(sB + dst + 2048 * i, b + (kb ? (long long)n * Kp + k0 : 0), kb ? 16 : 0);
+        if (pl.on_b) {
+            copy_plain(sA, opaque(dst), A, m0, Mp, Kp, kb, r0, c);
+            copy_plane(sB, pl.q2, s, g, c);
+        } else {
+            if (has_rows) copy_plane(sA, pl.q2, s, g, c);
+            copy_plain(sB, opaque(dst), B, n0, Np, Kp, kb, r0, c);
         }
-        if (t < SCALE_FLOATS) {          // s_A[m0/QB + rb, ks*KBS + j] -> [j][rb], then s_B
-            const bool is_a = t < RBS * KBS;
-            const int u = is_a ? t : t - RBS * KBS, nb = is_a ? RBS : CBS;
-            const int j = u / nb, blk = (is_a ? m0 : n0) / QB + u % nb, kb = ks * KBS + j;
-            const bool ok = ks >= 0 && kb < Kb && blk < (is_a ? Mp : Np) / QB;
-            const float* src = (is_a ? as : bs) + (ok ? (long long)blk * Kb + kb : 0);
-            cp_async4(base + SMEM_S + 4 * (slot * SCALE_FLOATS + t), src, ok ? 4 : 0);
+        if (t < SCALE_FLOATS) {          // (its role recomputed: fewer registers live in the loop)
+            scale_role(opaque(t), m0, n0, is_a, blk, j);
+            const PlaneColumn cj = plane_column(pl, m0, n0, j);
+            const int i = e * per, rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
+            const float* src = nullptr;
+            if (is_a != pl.on_b) {                      // the plane's: from the gathered scales
+                if (i < cj.n && rbj >= 0 && rbj < rl)
+                    src = pl.s2 + (long long)(cj.first + i) * rl + rbj;
+            } else if (i < cj.n && blk < (is_a ? Mp : Np) / QB) {
+                src = (is_a ? As : Bs) + (long long)blk * Kb + pl.list[cj.first + i];
+            }
+            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src ? src : As, src ? 4 : 0);
         }
         cp_async_arrive(base + SMEM_BAR + 8 * slot);
     }
@@ -261,13 +379,19 @@ __device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], unsi
     for (int i = 0; i < NACC; ++i) acc[i] = fmaf(__int2float_rn(d[i]), sab[(i / 4) * 8 / QB], acc[i]);
 }
 
-// Issue K-block kb into d: wait for its stage to land (first K-block of a stage), then
-// KSTEPS wgmma k32 steps, one commit group. The first step overwrites D (scale-d = 0) unless
-// SEEDED: then every step adds to D (the magic-number promotion seeds D itself).
+// Wait for the stage of K-block kb to land (at its first K-block)
+__device__ __forceinline__ void wait_full(unsigned base, int kb) {
+    const int kt = kb / KBS;
+    if (kb % KBS == 0) {
+        mbar_wait(base + SMEM_BAR + 8 * (kt % STAGES), (kt / STAGES) & 1);
+        fence_proxy_async();
+    }
+}
+// KSTEPS wgmma k32 steps of K-block kb into d, one commit group. The first step overwrites D
+// (scale-d = 0) unless SEEDED: then every step adds to D (the magic-number promotion seeds D).
 template <bool SEEDED = false>
-__device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int kb, int wg) {
-    const int kt = kb / KBS, j = kb % KBS, slot = kt % STAGES;
-    if (j == 0) { mbar_wait(base + SMEM_BAR + 8 * slot, (kt / STAGES) & 1); fence_proxy_async(); }
+__device__ __forceinline__ void issue_wgmma(int (&d)[NACC], unsigned base, int kb, int wg) {
+    const int j = kb % KBS, slot = kb / KBS % STAGES;
     const unsigned sA = base + slot * TILE_BYTES + wg * 64 * BK, sB = base + SMEM_B + slot * TILE_BYTES;
     wgmma_fence();
     #pragma unroll
@@ -275,12 +399,41 @@ __device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int 
         wgmma_m64n128k32_s8(d, smem_desc(sA + j * QB + 32 * s), smem_desc(sB + j * QB + 32 * s), SEEDED || s > 0);
     wgmma_commit();
 }
+// Issue K-block kb into d once its stage has landed
+template <bool SEEDED = false>
+__device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int kb, int wg) {
+    wait_full(base, kb);
+    issue_wgmma<SEEDED>(d, base, kb, wg);
+}
 
 // Promote the finished K-block kb from d; the last K-block of a stage frees its slot.
 __device__ __forceinline__ void finish_kblock(float (&acc)[NACC], int (&d)[NACC], unsigned base,
                                               int kb, int rb) {
     promote(acc, d, base, kb, rb);
     if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
+}
+
+// The plane's stages kt0 .. KT-1 (after consume()'s loop over the plain ones): per stage, this
+// warpgroup's N K-block columns from j0 (all KBS, or its half's KBS / 2), D[0] / D[1]
+// alternating, the exact promotion; the stage is freed after its last.
+template <int N>
+__device__ __forceinline__ void consume_plane(float (&acc)[NACC], unsigned base, int kt0, int KT,
+                                              int j0, int wg, int rb) {
+    int d[2][NACC];
+    for (int kt = kt0; kt < KT; ++kt) {
+        const int kb = kt * KBS + j0;
+        wait_full(base, kt * KBS);
+        issue_wgmma(d[0], base, kb, wg);
+        #pragma unroll
+        for (int g = 1; g < N; ++g) {
+            issue_wgmma(d[g % 2], base, kb + g, wg);
+            wgmma_wait<1>();
+            promote(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
+        }
+        wgmma_wait<0>();
+        promote(acc, d[(N - 1) % 2], base, kb + N - 1, rb);
+        mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * (kt % STAGES));
+    }
 }
 
 """
@@ -293,7 +446,7 @@ SM90_CONSUME_SRC = r"""
 // K-blocks go in groups of G, ping-ponging between D[0] and D[1]; every group ends with no
 // wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
 __device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
-    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
+    const int KB = KT * KBS;                  // KT: plain_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -374,7 +527,7 @@ __device__ __forceinline__ void promote_magic(float (&acc)[NACC], int (&d)[NACC]
 // K-blocks alternating between D[0] and D[1], no wgmma in flight across the loop edge), with the
 // magic-number promotion: buffer b takes K-blocks kb + b, kb + b + 2, ... of the group.
 __device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
-    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
+    const int KB = KT * KBS;                  // KT: plain_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -416,7 +569,6 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
     int m0, n0;
     tile_origin(Mp, Np, m0, n0);
-    const int n_extra = pl.count ? pl.count[plane_tile(pl, m0, n0)] : 0;   // the plane's stages
     if (threadIdx.x < STAGES) {
         mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
         mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
@@ -426,14 +578,18 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     __syncthreads();
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
-        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, n_extra, pl);
+        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl);
         return;
     }
     setmaxnreg_inc<232>();
     const int ct = threadIdx.x - 128, wg = ct / 128, warp = (ct % 128) / 32, lane = ct % 32;
     const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
     float acc[NACC];
-    consume(acc, base, tile_stages(Kp, n_extra), wg, rb);
+    const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
+    consume(acc, base, KT0, wg, rb);
+    if (pl.halves == 2)
+        consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, base, KT0, KT, wg * KBS / 2, wg, rb);
+    else consume_plane<KBS>(acc, base, KT0, KT, 0, wg, rb);
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
         #pragma unroll
@@ -481,20 +637,22 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                        const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate,
-                       const signed char* p_q, const float* p_s, const int* p_stages,
-                       const int* p_count, int p_stride, int p_on_b) {
+                       const signed char* p_q2, const int* p_list, const int* p_count,
+                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
+                       int p_on_b) {
     gemm_sm90<0>(A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
-                 Plane{p_q, p_s, p_stages, p_count, p_stride, p_on_b});
+                 Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                       const signed char* __restrict__ B, const float* __restrict__ Bs,
                       signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
-                      const signed char* p_q, const float* p_s, const int* p_stages,
-                      const int* p_count, int p_stride, int p_on_b) {
+                      const signed char* p_q2, const int* p_list, const int* p_count,
+                      const int* p_slot, const float* p_s2, int p_stride, int p_halves,
+                      int p_on_b) {
     gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
-                 Plane{p_q, p_s, p_stages, p_count, p_stride, p_on_b});
+                 Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 """
 
@@ -540,29 +698,95 @@ def _check(a, b):
     assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
 
 
+def flagged_lists(flags, qblock, group, halves=1):
+    """Per 128-row tile (halves = 1) or per 64-row half of a tile (halves = 2) of a (R/QB, K/QB)
+    bool grid of flagged blocks, the K-positions (in units of `group` K-blocks) holding a flagged
+    block in those rows, ascending and first in their row, and their count. Returns
+    (tiles * halves, positions) int32 and (tiles * halves,) int32, computed on the device without
+    a host sync (so the lists have a fixed shape; the kernel reads count[list] entries)."""
+    per = TILE // qblock                             # row blocks per tile
+    Rb, Kb = flags.shape
+    f = torch.zeros(cdiv(Rb, per) * per, cdiv(Kb, group) * group, dtype=torch.bool,
+                    device=flags.device)
+    f[:Rb, :Kb] = flags
+    f = f.view(-1, per // halves, f.shape[1] // group, group).any(3).any(1)
+    listed = torch.argsort((~f).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    return listed.contiguous(), f.sum(1, dtype=torch.int32)
+
+
 def flagged_stages(s2, qblock):
-    """For the fused fallback GEMM: per 128-row tile of the plane operand, the 128-wide K-stages
-    that hold a flagged block (s2 != 0), ascending and first in their row, and their count.
-    Returns stages (tiles, K-stages) int32 and count (tiles,) int32, computed on the device
-    without a host sync (so the list has a fixed shape; the kernel reads count[tile] entries)."""
-    per = TILE // qblock                             # blocks per tile side and per stage
-    Rb, Kb = s2.shape
-    f = torch.zeros(cdiv(Rb, per) * per, cdiv(Kb, per) * per, dtype=torch.bool, device=s2.device)
-    f[:Rb, :Kb] = s2 != 0
-    f = f.view(f.shape[0] // per, per, f.shape[1] // per, per).any(3).any(1)   # (tiles, stages)
-    stages = torch.argsort((~f).to(torch.int8), dim=1, stable=True).to(torch.int32)
-    return stages.contiguous(), f.sum(1, dtype=torch.int32)
+    """Per 128-row tile, the 128-wide K-stages holding a flagged block of a dense scale grid
+    (s2 != 0, second_plane's): bench.py's measure of how much of the K loop a plane touches."""
+    return flagged_lists(s2 != 0, qblock, TILE // qblock)
+
+
+def flagged_kblocks(slot, qblock, halves=1):
+    """Per 128-row tile of the plane operand (or per 64-row half: halves = 2), the K-blocks
+    holding a flagged block (slot >= 0): the lists the fused kernel runs."""
+    return flagged_lists(slot >= 0, qblock, 1, halves)
+
+
+def plane_lists(slot, s2, qblock, halves=1):
+    """What the fused kernel reads besides q2: the K-block lists of flagged_kblocks, and for each
+    list entry the slot of each of the list's 128 / QB / halves row blocks (-1: none) and its
+    scale (0: none), gathered here so that the kernel's loads per stage do not depend on one
+    another. Returns listed (lists, Kb), count (lists,), slots (lists, Kb, RL) int32 and scales
+    (lists, Kb, RL) fp32. A slot outside q2 counts as none (never read out of bounds)."""
+    per = TILE // qblock                             # row blocks per tile
+    rl = per // halves                               # row blocks per list
+    Rb, Kb = slot.shape
+    grid = torch.full((cdiv(Rb, per) * per, Kb), -1, dtype=torch.int32, device=slot.device)
+    grid[:Rb] = torch.where(slot < s2.shape[0], slot, -1)
+    listed, count = flagged_kblocks(grid, qblock, halves)
+    rows = grid.view(-1, rl, Kb)                                       # (lists, RL, Kb)
+    slots = rows.gather(2, listed.long()[:, None, :].expand_as(rows)).transpose(1, 2).contiguous()
+    scales = s2.index_select(0, slots.view(-1).clamp(min=0).long()).view(slots.shape)
+    return listed, count, slots, scales.masked_fill_(slots < 0, 0.0)
+
+
+def _plane(t):
+    """The compact plane of t (slot, q2, s2), checked against t's block grid, as the kernel reads
+    it: q2 contiguous and 16-byte aligned for cp.async (copied if not: it is small)."""
+    QB, grid = t.qblock, (t.q.shape[0] // t.qblock, t.q.shape[1] // t.qblock)
+    slot, q2, s2 = t.slot, t.q2, t.s2
+    if slot.dtype != torch.int32 or tuple(slot.shape) != grid:
+        raise ValueError(f"gemm_cuda: the plane's slot must be {grid} int32 (one per block), got "
+                         f"{tuple(slot.shape)} {slot.dtype}")
+    if q2.dtype != torch.int8 or q2.dim() != 3 or tuple(q2.shape[1:]) != (QB, QB):
+        raise ValueError(f"gemm_cuda: the plane's q2 must be (n, {QB}, {QB}) int8, got "
+                         f"{tuple(q2.shape)} {q2.dtype}")
+    if s2.dtype != torch.float32 or tuple(s2.shape) != (q2.shape[0],):
+        raise ValueError(f"gemm_cuda: the plane's s2 must be ({q2.shape[0]},) fp32, got "
+                         f"{tuple(s2.shape)} {s2.dtype}")
+    if not (slot.device == q2.device == s2.device == t.q.device):
+        raise ValueError("gemm_cuda: the plane's slot, q2 and s2 must be on the operand's device")
+    if not q2.is_contiguous() or q2.data_ptr() % 16:
+        q2 = q2.clone(memory_format=torch.contiguous_format)
+    return slot, q2, s2
+
+
+def _halves(t, on_a):
+    """K-block lists per 64-row consumer half (2) or per 128-row tile (1). Per half needs the
+    plane on A (the halves split A's rows) and whole blocks in a half (QB <= 64); measured
+    (notes/gemm_sm90.md, uniform flags) it pays only at QB = 32 with few blocks flagged (1-5%:
+    1-2.5 points less overhead) and costs at 20% and more (more, emptier stages) and at QB = 64.
+    n_flagged is known on the host: no sync."""
+    few = t.q2.shape[0] <= 0.1 * t.slot.numel()
+    return 2 if SPLIT_HALVES and on_a and t.qblock == 32 and few else 1
 
 
 def _plane_args(a, b):
-    """The kernels' p_* arguments: the dense second plane of the one operand that has one
-    (fallback.py), its scale grid and flagged-stage list; null pointers when neither has."""
+    """The kernels' p_* arguments: the compact second plane of the one operand that has one
+    (fallback.py) and its lists (plane_lists, per tile or per half: _halves); null pointers when
+    neither has."""
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
-        return (np.uint64(0),) * 4 + (np.int32(0), np.int32(0))
-    q2, s2 = second_plane(t)
-    stages, count = flagged_stages(s2, t.qblock)
-    return q2, s2, stages, count, np.int32(stages.shape[1]), np.int32(t is not a)
+        return (np.uint64(0),) * 5 + (np.int32(0),) * 3
+    slot, q2, s2 = _plane(t)
+    halves = _halves(t, t is a)
+    listed, count, slots, scales = plane_lists(slot, s2, t.qblock, halves)
+    return (q2, listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
+            np.int32(t is not a))
 
 
 def launch_float(a, b, c, M, N, accumulate, exact=False, source=None):

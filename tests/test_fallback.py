@@ -196,6 +196,50 @@ def test_flagged_stage_list(qblock):
         assert count[tile] == len(want) and stages[tile, :len(want)].tolist() == want
 
 
+@pytest.mark.parametrize("qblock,halves", [(32, 1), (64, 1), (128, 1), (32, 2), (64, 2)])
+def test_flagged_kblock_list(qblock, halves):
+    """The fused GEMM's lists of K-blocks holding a flagged block, per 128-row tile or per 64-row
+    half, from the compact plane's slot grid (int8_gemm_sm90.py), against a loop over rows and
+    K-blocks."""
+    from int8_gemm_sm90 import flagged_kblocks
+    g = torch.Generator().manual_seed(qblock + halves)
+    flags = torch.rand(13, 21, generator=g) < 0.05
+    slot = torch.full((13, 21), -1, dtype=torch.int32)
+    slot[flags] = torch.randperm(int(flags.sum()), generator=g).int()
+    listed, count = flagged_kblocks(slot, qblock, halves)
+    tiles, per = -(-13 // (128 // qblock)), 128 // qblock // halves      # row blocks per list
+    assert listed.dtype == count.dtype == torch.int32
+    assert listed.shape == (tiles * halves, 21) and count.shape == (tiles * halves,)
+    for i in range(tiles * halves):
+        want = [kb for kb in range(21) if flags[i * per:(i + 1) * per, kb].any()]
+        assert count[i] == len(want) and listed[i, :len(want)].tolist() == want
+
+
+@pytest.mark.parametrize("qblock,halves", [(32, 1), (32, 2), (64, 2), (128, 1)])
+def test_plane_lists_gather_slots_and_scales(qblock, halves):
+    """What the fused kernel reads per list entry: the slot and scale of each of the list's row
+    blocks in the listed K-block (-1 / 0 where none, and for a slot outside q2)."""
+    from int8_gemm_sm90 import plane_lists
+    g = torch.Generator().manual_seed(qblock * halves)
+    flags = torch.rand(13, 21, generator=g) < 0.1
+    n = int(flags.sum())
+    slot = torch.full((13, 21), -1, dtype=torch.int32)
+    slot[flags] = torch.randperm(n, generator=g).int()
+    slot[flags.nonzero()[0, 0], flags.nonzero()[0, 1]] = n + 3          # outside q2: none
+    s2 = torch.rand(n, generator=g) + 0.5
+    listed, count, slots, scales = plane_lists(slot, s2, qblock, halves)
+    rl = 128 // qblock // halves                                          # row blocks per list
+    assert slots.shape == scales.shape == listed.shape + (rl,)
+    for i in range(listed.shape[0]):
+        for e in range(listed.shape[1]):
+            for r in range(rl):
+                row, kb = i * rl + r, listed[i, e]
+                want = int(slot[row, kb]) if row < 13 and 0 <= slot[row, kb] < n else -1
+                assert slots[i, e, r] == want
+                assert scales[i, e, r] == (s2[want] if want >= 0 else 0.0)
+        assert all((slots[i, e] >= 0).any() == (e < count[i]) for e in range(listed.shape[1]))
+
+
 def test_median_nonzero_is_torch_median_of_the_nonzero_values():
     from fallback import median_nonzero
     g = torch.Generator().manual_seed(4)

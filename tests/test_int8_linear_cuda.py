@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import int8_gemm
+import int8_gemm_sm90
 from fallback import quantize_fallback
 from int8_gemm import gemm, gemm_cuda, gemm_planes, gemm_ref
 from int8_linear import Int8Linear, linear_dgrad, linear_wgrad
@@ -256,7 +257,84 @@ def test_fallback_gemm_matches_plane_sum(M, K, N, qblock):
     assert torch.allclose(y.s, mine.s, rtol=2.5e-7, atol=0)
 
 
+def random_plane(t, density, seed, shuffle=True, spare=3):
+    """t with a second plane on a random `density` of its blocks (at least one): random q2 / s2,
+    the slots in a random order with `spare` unused blocks in q2 (the kernel must follow the
+    slots, not assume fallback.py's row-major order)."""
+    g = torch.Generator().manual_seed(seed)
+    QB, (Rb, Cb) = t.qblock, t.s.shape
+    flags = torch.rand(Rb, Cb, generator=g) < density
+    flags[Rb // 2, Cb // 3] = True
+    n = int(flags.sum())
+    slots = torch.randperm(n + spare, generator=g)[:n] if shuffle else torch.arange(n)
+    slot = torch.full((Rb, Cb), -1, dtype=torch.int32)
+    slot[flags] = slots.int()
+    q2 = torch.randint(-127, 128, (n + spare, QB, QB), generator=g).to(torch.int8)
+    s2 = torch.rand(n + spare, generator=g) * t.s.max().item() / 127
+    return QTensor(t.q, t.s, t.shape, QB, slot.to(DEV), q2.to(DEV), s2.to(DEV))
+
+
+def check_plane_gemm(a, b):
+    """gemm() of operands with a plane against the reference sum over plane pairs."""
+    c = gemm(a, b)
+    ref = gemm_planes(a, b, "float", torch.float32, None, None, None, gemm_ref)
+    err = (c.double() - ref.double()).abs()
+    tol = 2e-6 * (dequantize(a).abs().double() @ dequantize(b).abs().double().t())
+    assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
+    return c
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(200, 416, 136), (1000, 1184, 72), (33, 96, 300)])
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+def test_fallback_gemm_random_planes(M, K, N, qblock, density):
+    """The fused kernel reads the compact plane (slot -> q2 block) itself: random flag patterns
+    and slot orders, planes on A and on B, tiles and K-stages cut by M, N, K, all block sizes."""
+    ta = random_plane(operand(M, K, qblock), density, seed=M + K + qblock)
+    tb = operand(N, K, qblock, outlier=False)
+    check_plane_gemm(ta, tb)
+    check_plane_gemm(tb, ta)
+
+
 @pytest.mark.parametrize("qblock", [32, 128])
+def test_fallback_plane_layouts(qblock, kernel, monkeypatch):
+    """The plane on A with K-block lists per tile and per consumer half. A plane whose q2 / s2
+    / slot are not contiguous, or whose q2 is not 16-byte aligned, gives the contiguous plane's
+    result; a slot past q2 reads as no plane (never out of bounds); a plane that does not match
+    its operand's block grid is refused."""
+    if kernel == "mma":
+        pytest.skip("the mma kernel takes no plane (gemm() expands it for a plane-pair sum)")
+    M, K, N = 160, 320, 96
+    t = random_plane(operand(M, K, qblock), 0.2, seed=5, spare=0)
+    tb = operand(N, K, qblock, outlier=False)
+    want = check_plane_gemm(t, tb)
+    for halves in (1, 2) if qblock <= 64 else (1,):      # K-block lists per tile, per half
+        with monkeypatch.context() as m:
+            m.setattr(int8_gemm_sm90, "_halves", lambda plane, on_a: halves if on_a else 1)
+            check_plane_gemm(t, tb)
+    n, QB = t.q2.shape[0], qblock
+    q2_t = t.q2.transpose(1, 2).contiguous().transpose(1, 2)               # strided view
+    s2_s = torch.stack([t.s2, t.s2], 1)[:, 0]                              # stride 2
+    slot_t = t.slot.t().contiguous().t()
+    raw = torch.empty(n * QB * QB + 1, dtype=torch.int8, device=DEV)
+    q2_odd = raw[1:].view(n, QB, QB)                                       # 1 byte off
+    q2_odd.copy_(t.q2)
+    for slot, q2, s2 in ((slot_t, q2_t, s2_s), (t.slot, q2_odd, t.s2)):
+        assert torch.equal(gemm(QTensor(t.q, t.s, t.shape, QB, slot, q2, s2), tb), want)
+    bad, plain_slot = t.slot.clone(), t.slot.clone()
+    i = (t.slot.view(-1) >= 0).nonzero()[0, 0]
+    bad.view(-1)[i], plain_slot.view(-1)[i] = n + 7, -1
+    assert torch.equal(gemm(QTensor(t.q, t.s, t.shape, QB, bad, t.q2, t.s2), tb),
+                       gemm(QTensor(t.q, t.s, t.shape, QB, plain_slot, t.q2, t.s2), tb))
+    with pytest.raises(ValueError, match="slot"):
+        gemm(QTensor(t.q, t.s, t.shape, QB, t.slot[:1], t.q2, t.s2), tb)
+    with pytest.raises(ValueError, match="q2"):
+        gemm(QTensor(t.q, t.s, t.shape, QB, t.slot, t.q2.view(n, QB * QB, 1), t.s2), tb)
+    with pytest.raises(ValueError, match="s2"):
+        gemm(QTensor(t.q, t.s, t.shape, QB, t.slot, t.q2, t.s2.double()), tb)
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
 def test_fallback_gemm_limits(qblock):
     """Threshold inf: no plane, exactly the plain GEMM. Threshold 0: every nonzero block has a
     plane, and the GEMM matches the float product of the inputs to ~1e-4."""
