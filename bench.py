@@ -438,18 +438,19 @@ def main(argv=None):
     report = {"device": device_name(device), "date": datetime.date.today().isoformat(),
               "commit": commit, "torch": torch.__version__, "sections": {}}
     md = [f"Measured on {header}.", ""]
+    os.makedirs(args.out, exist_ok=True)
+    tag = "gpu" if big else "cpu"
     for name in args.only.split(","):
         rows = sections[name]()
         report["sections"][name] = rows
         table = markdown(rows)
         print(f"\n## {name}\n\n{table}", flush=True)
         md += [f"## {name}", "", table, ""]
-    os.makedirs(args.out, exist_ok=True)
-    tag = "gpu" if big else "cpu"
-    with open(os.path.join(args.out, f"bench_{tag}.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(args.out, f"bench_{tag}.md"), "w") as f:
-        f.write("\n".join(md))
+        # written after every section, so that a run cut short keeps what it measured
+        with open(os.path.join(args.out, f"bench_{tag}.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        with open(os.path.join(args.out, f"bench_{tag}.md"), "w") as f:
+            f.write("\n".join(md))
     return report
 
 
