@@ -336,7 +336,12 @@ def make_block(style, C, T, mode, device):
     if mode.startswith("fp8"):
         from torchao.float8 import convert_to_float8_training
         convert_to_float8_training(block)
-    return torch.compile(block) if mode.endswith("compile") else block
+    if not mode.endswith("compile"):
+        return block
+    # every block here is a new module: dynamo's recompile limit (8) would quietly run the later
+    # ones eager, so each compiled block starts from a clean cache
+    torch._dynamo.reset()
+    return torch.compile(block)
 
 
 def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
