@@ -53,7 +53,9 @@ def main():
                 step()
             torch.cuda.synchronize()
         events = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in events) / 5 / 1e3
+        # kernels only: with CPU activity on, each op's row repeats its kernels' device time
+        gpu = sum(e.self_device_time_total for e in events
+                  if e.device_type == torch.autograd.DeviceType.CUDA) / 5 / 1e3
         print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} ms/step")
         print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
         print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
