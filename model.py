@@ -111,6 +111,14 @@ class Int8Spec:
         return quantize(dy, self.qblock, stochastic=True)
 
 
+def requantize(w, spec):
+    """The int8 weight again in backward, rather than saved from the forward: round to nearest is
+    deterministic and w has not changed since, so it is the same bytes, and the block holds
+    1 byte per parameter less for backward (GPT-2 block, width 2048: 48 of 386 MiB) for one
+    more pass over the fp32 weights."""
+    return quantize(w, spec.qblock)
+
+
 class NormLinear(torch.autograd.Function):
     """qkv = norm(x) @ W^T: x (B, T, C) fp32 -> qkv (B, T, 3C) in the attention dtype."""
 
@@ -120,14 +128,15 @@ class NormLinear(torch.autograd.Function):
         w_q = quantize(w, spec.qblock)                                   # (3C, C) int8
         # --- GEMM: qkv = A @ W^T ---
         qkv = linear_fwd(a_q, w_q, out="float", out_dtype=out_dtype)     # (B, T, 3C)
-        save_q(ctx, a_q, xhat_q, w_q, rstd, ln_w)
+        save_q(ctx, a_q, xhat_q, rstd, ln_w, w)        # w, not w_q: see requantize
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return qkv
 
     @staticmethod
     def backward(ctx, dqkv):
-        a_q, xhat_q, w_q, rstd, ln_w = load_q(ctx)
+        a_q, xhat_q, rstd, ln_w, w = load_q(ctx)
         spec = ctx.spec
+        w_q = requantize(w, spec)                                        # (3C, C) int8
         dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
         del dqkv              # (each transient is dropped once used: the backward's peak)
         # --- GEMM: dA = dqkv @ W ---
@@ -148,13 +157,14 @@ class LinearResidual(torch.autograd.Function):
         w_q = quantize(w, spec.qblock)                                   # (C, C) int8
         # --- GEMM: out = x + Y @ W^T ---
         out = x + linear_fwd(y_q, w_q)                                   # (B, T, C) fp32
-        save_q(ctx, y_q, w_q)
+        save_q(ctx, y_q, w)
         ctx.spec, ctx.y_dtype = spec, y.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        y_q, w_q = load_q(ctx)
+        y_q, w = load_q(ctx)
+        w_q = requantize(w, ctx.spec)                                    # (C, C) int8
         dout_q = ctx.spec.quantize_grad(dout, "attn.c_proj")             # (B, T, C) int8
         # --- GEMM: dY = dout @ W (float: attention's backward takes floats) ---
         dy = linear_dgrad(dout_q, w_q, out="float", out_dtype=ctx.y_dtype)  # (B, T, C)
@@ -176,14 +186,15 @@ class NormMLPResidual(torch.autograd.Function):
         g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
         # --- GEMM: out = x + G @ W_proj^T ---
         out = x + linear_fwd(g_q, proj_q)                                # (B, T, C) fp32
-        save_q(ctx, a_q, xhat_q, h_q, g_q, fc_q, proj_q, rstd, ln_w)
+        save_q(ctx, a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj)
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        a_q, xhat_q, h_q, g_q, fc_q, proj_q, rstd, ln_w = load_q(ctx)
+        a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj = load_q(ctx)
         spec = ctx.spec
+        fc_q, proj_q = requantize(w_fc, spec), requantize(w_proj, spec)
         dout_q = spec.quantize_grad(dout, "mlp.c_proj")                  # (B, T, C) int8
         # --- GEMM: dG = dout @ W_proj ---
         dg_q = linear_dgrad(dout_q, proj_q, out="int8_sr")               # (B, T, H) int8

@@ -102,6 +102,17 @@ def test_int8_saves_less_for_backward():
         assert saved(tiny(style, int8=True)) < 0.6 * saved(tiny(style))
 
 
+def test_int8_weights_are_requantized_not_saved():
+    """Backward re-quantizes the weights: one token's step saves far less than the int8 copies
+    of the block weights would take (12 C^2 bytes a layer at C = 256)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=8, vocab_size=256, n_layer=2, n_head=2, n_embd=256, int8=True)
+    model = GPT(cfg)
+    idx = torch.randint(0, 256, (1, 1))
+    held = saved_bytes(lambda: model(idx, idx), model)[1]
+    assert held < 0.5 * cfg.n_layer * 12 * cfg.n_embd ** 2
+
+
 def test_generate_and_checkpoint_across_modes():
     torch.manual_seed(0)
     model = GPT(tiny("gpt2"))
