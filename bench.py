@@ -282,7 +282,7 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
     hence the baseline plain_exact_ms."""
     from fallback import quantize_fallback
     from int8_gemm import gemm, gemm_cuda
-    from int8_gemm_sm90 import flagged_stages
+    from int8_gemm_sm90_plane import flagged_stages
     from quantize import second_plane
     cuda = device.type == "cuda"
     sm90 = cuda and torch.cuda.get_device_capability(device) == (9, 0)

@@ -35,6 +35,7 @@ warpgroup does which when; ordering the issue cannot hide what the SM will not r
 """
 import int8_gemm_sm90 as sm90
 from int8_gemm_mma import GEMM_STORE_SRC
+from int8_gemm_sm90_ring import SM90_PTX_SRC, TILE, _wgmma_wrapper
 
 PP_CONSUME_SRC = r"""
 constexpr int TURN0 = 2;                     // named barriers 2, 3 (0: __syncthreads, 1: epilogue)
@@ -72,7 +73,7 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int K
 }
 """
 
-SM90_PP_SRC = (sm90.SM90_PTX_SRC + sm90._wgmma_wrapper(sm90.TILE) + GEMM_STORE_SRC
+SM90_PP_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC
                + sm90.SM90_MAINLOOP_SRC + PP_CONSUME_SRC + sm90.SM90_EPILOGUE_SRC)
 
 

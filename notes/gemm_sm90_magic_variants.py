@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
+from int8_gemm_sm90_ring import _smem_bytes  # noqa: E402
 from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
 VARIANTS = [  # (name, source, QB, G)
@@ -42,7 +43,7 @@ def main():
             head = QTensor(ta.q[:256].contiguous(), ta.s[:256 // qb].contiguous(), torch.Size((256, k)), qb)
             ref = gemm_ref(head, tb)
             c = torch.empty(m, n, device="cuda")
-            smem = S._smem_bytes(qb)
+            smem = _smem_bytes(qb)
             kern = get_kernel(src, "gemm_sm90_float_kernel", (f"QB={qb}", f"KGROUP={g}"))
             kern.max_dynamic_shared_size_bytes = smem
             grid = ((m // 128) * (n // 128),)

@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
+from int8_gemm_sm90_ring import _smem_bytes  # noqa: E402
 import int8_gemm_sm90_pp as P  # noqa: E402
 from bench import event_ms as time_ms  # noqa: E402  (CUDA events, medians)
 
@@ -80,7 +81,7 @@ def main():
         head = QTensor(ta.q[:256].contiguous(), ta.s[:256 // qb].contiguous(), torch.Size((256, k)), qb)
         ref = gemm_ref(head, tb)
         c = torch.empty(m, n, device="cuda")
-        smem = S._smem_bytes(qb)
+        smem = _smem_bytes(qb)
         for name in VARIANTS:
             kern = get_kernel(source(name), "gemm_sm90_float_kernel", (f"QB={qb}",))
             kern.max_dynamic_shared_size_bytes = smem

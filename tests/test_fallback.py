@@ -182,8 +182,8 @@ def test_crest_ignores_the_zero_padding():
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 def test_flagged_stage_list(qblock):
     """The fused GEMM's per-tile list of K-stages holding a flagged block (built without a host
-    sync, in int8_gemm_sm90.py) against a loop over tiles and stages."""
-    from int8_gemm_sm90 import flagged_stages
+    sync, in int8_gemm_sm90_plane.py) against a loop over tiles and stages."""
+    from int8_gemm_sm90_plane import flagged_stages
     g = torch.Generator().manual_seed(qblock)
     s2 = (torch.rand(13, 21, generator=g) < 0.05).float() * torch.rand(13, 21, generator=g)
     stages, count = flagged_stages(s2, qblock)
@@ -199,9 +199,9 @@ def test_flagged_stage_list(qblock):
 @pytest.mark.parametrize("qblock,halves", [(32, 1), (64, 1), (128, 1), (32, 2), (64, 2)])
 def test_flagged_kblock_list(qblock, halves):
     """The fused GEMM's lists of K-blocks holding a flagged block, per 128-row tile or per 64-row
-    half, from the compact plane's slot grid (int8_gemm_sm90.py), against a loop over rows and
+    half, from the compact plane's slot grid (int8_gemm_sm90_plane.py), against a loop over rows and
     K-blocks."""
-    from int8_gemm_sm90 import flagged_kblocks
+    from int8_gemm_sm90_plane import flagged_kblocks
     g = torch.Generator().manual_seed(qblock + halves)
     flags = torch.rand(13, 21, generator=g) < 0.05
     slot = torch.full((13, 21), -1, dtype=torch.int32)
@@ -219,7 +219,7 @@ def test_flagged_kblock_list(qblock, halves):
 def test_plane_lists_gather_slots_and_scales(qblock, halves):
     """What the fused kernel reads per list entry: the slot and scale of each of the list's row
     blocks in the listed K-block (-1 / 0 where none, and for a slot outside q2)."""
-    from int8_gemm_sm90 import plane_lists
+    from int8_gemm_sm90_plane import plane_lists
     g = torch.Generator().manual_seed(qblock * halves)
     flags = torch.rand(13, 21, generator=g) < 0.1
     n = int(flags.sum())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import int8_gemm
-import int8_gemm_sm90
+import int8_gemm_sm90_plane
 from fallback import quantize_fallback
 from int8_gemm import gemm, gemm_cuda, gemm_planes, gemm_ref
 from int8_linear import Int8Linear, linear_dgrad, linear_wgrad
@@ -310,7 +310,7 @@ def test_fallback_plane_layouts(qblock, kernel, monkeypatch):
     want = check_plane_gemm(t, tb)
     for halves in (1, 2) if qblock <= 64 else (1,):      # K-block lists per tile, per half
         with monkeypatch.context() as m:
-            m.setattr(int8_gemm_sm90, "_halves", lambda plane, on_a: halves if on_a else 1)
+            m.setattr(int8_gemm_sm90_plane, "_halves", lambda plane, on_a: halves if on_a else 1)
             check_plane_gemm(t, tb)
     n, QB = t.q2.shape[0], qblock
     q2_t = t.q2.transpose(1, 2).contiguous().transpose(1, 2)               # strided view

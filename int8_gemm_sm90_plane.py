@@ -1,0 +1,211 @@
+"""
+The fallback plane of the Hopper wgmma GEMM (int8_gemm_sm90.py): the fallback operand's second
+plane (fallback.py) rides the same kernel as extra K-blocks, read in its compact form (slot ->
+q2 block). Host side (torch ops, no host sync): device-built lists (plane_lists) of the K-blocks
+holding a flagged block, per 128-row tile, or per 64-row consumer half of a tile when the plane
+is on A and few blocks are flagged (_halves), each entry with its row blocks' slots and scales
+gathered; plane_args checks the plane and packs the kernels' p_* arguments. Device side: after
+the plain stages the producer (produce() in int8_gemm_sm90_ring.py) loads the listed K-blocks
+(a half's into its own K-block columns of a stage), taking each flagged QB x QB block straight
+from q2[slot] into the swizzled tile (copy_plane; zeros where there is none) and the other
+operand's same K-block as usual; the consumers run them after the plain K loop with the exact
+promotion (consume_plane). So the plane costs in proportion to the (tile or half, K-block)
+pairs it touches, and nothing is expanded to a dense plane. Overhead against the plain exact
+GEMM (H100, uniform flags, QB = 32, notes/gemm_sm90.md): +9-11% at 1% flagged, +22-29% at 5%.
+
+The device code comes in pieces (struct Plane, its stages and columns, copy_plane,
+consume_plane) that int8_gemm_sm90.py places among the kernel's own, each before its first use.
+"""
+import numpy as np
+import torch
+
+from int8_gemm import cdiv
+from int8_gemm_sm90_ring import TILE
+
+SPLIT_HALVES = True                          # allow one K-block list per consumer half (_halves)
+
+# struct Plane (the kernels' p_* arguments, plane_args) and plane_tile
+PLANE_SRC = r"""
+// The fallback operand's second plane, in the compact form of fallback.py: q2 (n2, QB, QB) int8,
+// each flagged block row-major, found through a slot grid (-1: a plain block). When `count` is
+// set, the tile's K loop runs its plain stages and then the plane's: K-blocks from device-built
+// lists of those holding a flagged block, with the plane in place of its operand against the same
+// K-block of the other one. The producer reads each flagged block straight from q2 and
+// zero-fills the rest (a plain block's plane is zero, and so is its scale), so they add exactly
+// s2 * s_other * (q2 . q_other) for the flagged pairs.
+//
+// Which K-blocks: halves = 1, one list per 128-row tile of the plane operand (the K-blocks
+// flagged anywhere in its rows), KBS to a stage, both consumer warpgroups taking all of them.
+// halves = 2 (the plane on A, QB <= 64): one list per 64-row consumer half, which then runs only
+// its own: a stage's K-block columns 0 .. KBS/2-1 hold half 0's next K-blocks (A rows 0-63),
+// columns KBS/2 .. KBS-1 half 1's (A rows 64-127), and B holds each column's K-block. A K-block
+// flagged in one half's rows costs that half alone, and the two halves run side by side.
+// Each list entry comes with the slots of the list's RL = RBS / halves row blocks in that
+// K-block and their scales (gathered on the host), so the producer's loads per stage do not
+// wait on one another (a chain of dependent loads per stage made the producer the bottleneck).
+struct Plane {
+    const signed char* q2;       // (n2, QB, QB) int8, the flagged blocks
+    const int* list;             // (lists, stride) int32: each list's K-blocks, flagged first
+    const int* count;            // (lists,) int32, lists = tiles * halves; nullptr: no plane
+    const int* slot;             // (lists, stride, RL) int32: q2 index of each row block, or -1
+    const float* s2;             // (lists, stride, RL) fp32: its scale, or 0
+    int stride, halves, on_b;    // on_b: the plane belongs to B (tile rows: n0) not A
+};
+
+// The tile of the plane operand that this CTA's rows (A) or columns (B) fall in
+__device__ __forceinline__ int plane_tile(const Plane& pl, int m0, int n0) {
+    return (pl.on_b ? n0 : m0) / BM;
+}
+"""
+
+# plane_stages and plane_column: they follow plain_stages (int8_gemm_sm90_ring.py) in the source
+PLANE_STAGES_SRC = r"""// Stages of the plane: KBS / halves K-blocks of each list per stage, for the longest list
+__device__ __forceinline__ int plane_stages(const Plane& pl, int m0, int n0) {
+    if (!pl.count) return 0;
+    const int first = plane_tile(pl, m0, n0) * pl.halves, per = KBS / pl.halves;
+    int n = 0;
+    for (int h = 0; h < pl.halves; ++h) n = max(n, (pl.count[first + h] + per - 1) / per);
+    return n;
+}
+// Column j of the plane's stages: its list (the tile's, or consumer half h's), the index of its
+// entry in stage 0 (stage e: e * per further), and n: stage e has an entry while e * per < n
+struct PlaneColumn {
+    int h, first, n;
+};
+__device__ __forceinline__ PlaneColumn plane_column(const Plane& pl, int m0, int n0, int j) {
+    const int per = KBS / pl.halves, list = plane_tile(pl, m0, n0) * pl.halves + j / per;
+    return PlaneColumn{j / per, list * pl.stride + j % per, pl.count[list] - j % per};
+}
+"""
+
+# copy_plane: follows copy_plain (int8_gemm_sm90_ring.py) in the source
+COPY_PLANE_SRC = r"""// The plane operand's tile from the compact plane: thread t copies chunk c of rows 8 g .. 8 g + 7
+// (g = t / 8), which lie in one row block, whose block q2[slot] holds row r at byte QB * (r % QB):
+// so the 16 bytes land in shared memory exactly where a dense plane's would (row r's chunk c at
+// chunk c ^ (r % 8) = c ^ i). slot = -1: zeros.
+__device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2, int slot, int g,
+                                           int c) {
+    const signed char* p = q2 + (long long)max(slot, 0) * (QB * QB) + 8 * g % QB * QB + 16 * c % QB;
+    #pragma unroll
+    for (int i = 0; i < 8; ++i)
+        cp_async16(tile + (8 * g + i) * BK + ((c ^ i) << 4), p + i * QB, slot >= 0 ? 16 : 0);
+}
+"""
+
+# consume_plane: after the K-block steps (promote, issue_wgmma: int8_gemm_sm90.py)
+CONSUME_PLANE_SRC = r"""
+// The plane's stages kt0 .. KT-1 (after consume()'s loop over the plain ones): per stage, this
+// warpgroup's N K-block columns from j0 (all KBS, or its half's KBS / 2), D[0] / D[1]
+// alternating, the exact promotion; the stage is freed after its last.
+template <int N>
+__device__ __forceinline__ void consume_plane(float (&acc)[NACC], unsigned base, int kt0, int KT,
+                                              int j0, int wg, int rb) {
+    int d[2][NACC];
+    for (int kt = kt0; kt < KT; ++kt) {
+        const int kb = kt * KBS + j0;
+        wait_full(base, kt * KBS);
+        issue_wgmma(d[0], base, kb, wg);
+        #pragma unroll
+        for (int g = 1; g < N; ++g) {
+            issue_wgmma(d[g % 2], base, kb + g, wg);
+            wgmma_wait<1>();
+            promote(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
+        }
+        wgmma_wait<0>();
+        promote(acc, d[(N - 1) % 2], base, kb + N - 1, rb);
+        mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * (kt % STAGES));
+    }
+}
+
+"""
+
+
+def flagged_lists(flags, qblock, group, halves=1):
+    """Per 128-row tile (halves = 1) or per 64-row half of a tile (halves = 2) of a (R/QB, K/QB)
+    bool grid of flagged blocks, the K-positions (in units of `group` K-blocks) holding a flagged
+    block in those rows, ascending and first in their row, and their count. Returns
+    (tiles * halves, positions) int32 and (tiles * halves,) int32, computed on the device without
+    a host sync (so the lists have a fixed shape; the kernel reads count[list] entries)."""
+    per = TILE // qblock                             # row blocks per tile
+    Rb, Kb = flags.shape
+    f = torch.zeros(cdiv(Rb, per) * per, cdiv(Kb, group) * group, dtype=torch.bool,
+                    device=flags.device)
+    f[:Rb, :Kb] = flags
+    f = f.view(-1, per // halves, f.shape[1] // group, group).any(3).any(1)
+    listed = torch.argsort((~f).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    return listed.contiguous(), f.sum(1, dtype=torch.int32)
+
+
+def flagged_stages(s2, qblock):
+    """Per 128-row tile, the 128-wide K-stages holding a flagged block of a dense scale grid
+    (s2 != 0, second_plane's): bench.py's measure of how much of the K loop a plane touches."""
+    return flagged_lists(s2 != 0, qblock, TILE // qblock)
+
+
+def flagged_kblocks(slot, qblock, halves=1):
+    """Per 128-row tile of the plane operand (or per 64-row half: halves = 2), the K-blocks
+    holding a flagged block (slot >= 0): the lists the fused kernel runs."""
+    return flagged_lists(slot >= 0, qblock, 1, halves)
+
+
+def plane_lists(slot, s2, qblock, halves=1):
+    """What the fused kernel reads besides q2: the K-block lists of flagged_kblocks, and for each
+    list entry the slot of each of the list's 128 / QB / halves row blocks (-1: none) and its
+    scale (0: none), gathered here so that the kernel's loads per stage do not depend on one
+    another. Returns listed (lists, Kb), count (lists,), slots (lists, Kb, RL) int32 and scales
+    (lists, Kb, RL) fp32. A slot outside q2 counts as none (never read out of bounds)."""
+    per = TILE // qblock                             # row blocks per tile
+    rl = per // halves                               # row blocks per list
+    Rb, Kb = slot.shape
+    grid = torch.full((cdiv(Rb, per) * per, Kb), -1, dtype=torch.int32, device=slot.device)
+    grid[:Rb] = torch.where(slot < s2.shape[0], slot, -1)
+    listed, count = flagged_kblocks(grid, qblock, halves)
+    rows = grid.view(-1, rl, Kb)                                       # (lists, RL, Kb)
+    slots = rows.gather(2, listed.long()[:, None, :].expand_as(rows)).transpose(1, 2).contiguous()
+    scales = s2.index_select(0, slots.view(-1).clamp(min=0).long()).view(slots.shape)
+    return listed, count, slots, scales.masked_fill_(slots < 0, 0.0)
+
+
+def _plane(t):
+    """The compact plane of t (slot, q2, s2), checked against t's block grid, as the kernel reads
+    it: q2 contiguous and 16-byte aligned for cp.async (copied if not: it is small)."""
+    QB, grid = t.qblock, (t.q.shape[0] // t.qblock, t.q.shape[1] // t.qblock)
+    slot, q2, s2 = t.slot, t.q2, t.s2
+    if slot.dtype != torch.int32 or tuple(slot.shape) != grid:
+        raise ValueError(f"gemm_cuda: the plane's slot must be {grid} int32 (one per block), got "
+                         f"{tuple(slot.shape)} {slot.dtype}")
+    if q2.dtype != torch.int8 or q2.dim() != 3 or tuple(q2.shape[1:]) != (QB, QB):
+        raise ValueError(f"gemm_cuda: the plane's q2 must be (n, {QB}, {QB}) int8, got "
+                         f"{tuple(q2.shape)} {q2.dtype}")
+    if s2.dtype != torch.float32 or tuple(s2.shape) != (q2.shape[0],):
+        raise ValueError(f"gemm_cuda: the plane's s2 must be ({q2.shape[0]},) fp32, got "
+                         f"{tuple(s2.shape)} {s2.dtype}")
+    if not (slot.device == q2.device == s2.device == t.q.device):
+        raise ValueError("gemm_cuda: the plane's slot, q2 and s2 must be on the operand's device")
+    if not q2.is_contiguous() or q2.data_ptr() % 16:
+        q2 = q2.clone(memory_format=torch.contiguous_format)
+    return slot, q2, s2
+
+
+def _halves(t, on_a):
+    """K-block lists per 64-row consumer half (2) or per 128-row tile (1). Per half needs the
+    plane on A (the halves split A's rows) and whole blocks in a half (QB <= 64); measured
+    (notes/gemm_sm90.md, uniform flags) it pays only at QB = 32 with few blocks flagged (1-5%:
+    1-2.5 points less overhead) and costs at 20% and more (more, emptier stages) and at QB = 64.
+    n_flagged is known on the host: no sync."""
+    few = t.q2.shape[0] <= 0.1 * t.slot.numel()
+    return 2 if SPLIT_HALVES and on_a and t.qblock == 32 and few else 1
+
+
+def plane_args(a, b):
+    """The kernels' p_* arguments: the compact second plane of the one operand that has one
+    (fallback.py) and its lists (plane_lists, per tile or per half: _halves); null pointers when
+    neither has."""
+    t = a if a.has_plane else b if b.has_plane else None
+    if t is None:
+        return (np.uint64(0),) * 5 + (np.int32(0),) * 3
+    slot, q2, s2 = _plane(t)
+    halves = _halves(t, t is a)
+    listed, count, slots, scales = plane_lists(slot, s2, t.qblock, halves)
+    return (q2, listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
+            np.int32(t is not a))

@@ -1,0 +1,287 @@
+"""
+The shared-memory ring under the Hopper wgmma GEMM (int8_gemm_sm90.py: read its docstring
+first): the tile constants and the shared-memory layout, one wrapper per PTX instruction the
+kernel uses, and the producer warpgroup that fills the ring. The kernel source is assembled in
+int8_gemm_sm90.py from these pieces, its own and the fallback plane's (int8_gemm_sm90_plane.py).
+
+Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle atom):
+
+    [A ring: STAGES x 16 KB][B ring: STAGES x 16 KB][scale ring: STAGES x SCALE_FLOATS fp32]
+    [full barriers: STAGES x 8 B][empty barriers: STAGES x 8 B][block absmax: RBS x CBS int32]
+
+A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
+K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored as
+TMA's SWIZZLE_128B would store it (the comment above smem_desc), written by hand: cp.async does
+not swizzle. In all: 165,648 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of the 227 KB an H100
+CTA may use.
+
+PTX wrappers (SM90_PTX_SRC): cp.async of 16 and 4 bytes (src-size 0 writes zeros), mbarrier
+init / arrive / try_wait, cp.async.mbarrier.arrive (an arrival once this thread's copies have
+landed), fence.proxy.async (cp.async writes through the generic proxy, wgmma reads through the
+async one), wgmma fence / commit / wait, a compiler fence on D (fence_operands), setmaxnreg,
+the consumers' named barrier, and the wgmma descriptor (smem_desc). The wgmma itself is
+generated (_wgmma_wrapper): inline asm takes no arrays.
+
+The producer (warpgroup 0, 128 threads, setmaxnreg 40) runs the stages in order: wait, once the
+ring has been filled, for the slot's empty barrier (all 256 consumer threads), cp.async its
+share of both tiles (copy_plain: 16 B chunks, 8 threads to a 128-byte row) and, thread
+t < SCALE_FLOATS, one scale, then arrive on the slot's full barrier. Rows past Mp / Np and K
+past Kp are zero-filled, their scales load as 0. After the plain stages it runs the fallback
+plane's in a second loop (int8_gemm_sm90_plane.py), so that neither loop carries the other's
+registers.
+"""
+TILE = 128                                   # BM = BN of the kernel
+STAGES = 5                                   # 5 x (16 + 16 KB) ring
+
+
+def _wgmma_wrapper(n):
+    """C++ source of wgmma_m64n{n}k32_s8: D (64 x n s32, n/2 registers per thread) = A (64 x 32
+    s8, smem descriptor) * B (n x 32 s8, smem descriptor) [+ D]. The operand list is written out
+    by this function because inline asm takes no arrays."""
+    regs = n // 2
+    d = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+r"(d[{i}])' for i in range(regs))
+    return (f"__device__ __forceinline__ void wgmma_m64n{n}k32_s8(int (&d)[{regs}], "
+            f"unsigned long long desc_a, unsigned long long desc_b, int accumulate) {{\n"
+            f'    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"\n'
+            f'                 "wgmma.mma_async.sync.aligned.m64n{n}k32.s32.s8.s8 "\n'
+            f'                 "{{{d}}}, %{regs}, %{regs + 1}, p;\\n}}\\n"\n'
+            f"                 : {outs}\n"
+            f'                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));\n}}\n')
+
+
+SM90_PTX_SRC = r"""
+#ifndef QB
+#define QB 32
+#endif
+constexpr int BM = 128, BN = 128;            // CTA tile of C; each consumer warpgroup 64 x 128
+constexpr int BK = 128;                      // bytes of K per stage: one 128-byte swizzle row
+constexpr int STAGES = 5;
+constexpr int KBS = BK / QB;                 // K-blocks per stage: 4, 2, 1
+constexpr int KSTEPS = QB / 32;              // wgmma k32 steps per K-block: 1, 2, 4
+constexpr int RBS = BM / QB, CBS = BN / QB;  // scale blocks along a tile side: 4, 2, 1
+constexpr int TILE_BYTES = BM * BK;          // 16 KB, 1024-aligned (the swizzle atom)
+constexpr int SCALE_FLOATS = (RBS + CBS) * KBS;        // per stage: s_A [KBS][RBS], s_B [KBS][CBS]
+constexpr int NACC = BN / 2;                 // accumulators per consumer thread: 64 x 128 / 128
+#ifndef KGROUP
+#define KGROUP (KBS > 2 ? KBS : 2)
+#endif
+constexpr int G = KGROUP;                    // K-blocks per consumer loop iteration: 4, 2, 2
+constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
+static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
+static_assert(BM == 128 && BN == 128 && BK == 128, "the copy mapping below assumes 128 x 128 B");
+// shared memory: [A ring][B ring][scale ring][full barriers][empty barriers][block absmax]
+constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_S = 2 * STAGES * TILE_BYTES;
+constexpr int SMEM_BAR = SMEM_S + STAGES * SCALE_FLOATS * 4, SMEM_BMAX = SMEM_BAR + 16 * STAGES;
+constexpr int SMEM_BYTES = SMEM_BMAX + 4 * RBS * CBS + 1024;   // + 1024: base alignment slack
+static_assert(SMEM_BYTES <= 227 * 1024, "the ring must fit in an H100's 227 KB of shared memory");
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+// cp.async global -> shared, BYTES = 16 (L2 only) or 4; src_bytes = 0 writes zeros.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
+}
+// mbarrier: a 64-bit shared word counting arrivals; its phase flips when `count` have arrived.
+__device__ __forceinline__ void mbar_init(unsigned bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count));
+}
+// arrives on bar once all of this thread's earlier cp.async have landed (count set at init)
+__device__ __forceinline__ void cp_async_arrive(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
+}
+// wait until the phase of parity `parity` has completed
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+// cp.async wrote through the generic proxy; wgmma reads through the async proxy
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+// keeps the compiler from moving reads of D across wgmma.wait_group (CUTLASS's fence_operand)
+__device__ __forceinline__ void fence_operands(int (&d)[NACC]) {
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) asm volatile("" : "+r"(d[i]) :: "memory");
+}
+template <int REGS> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(REGS));
+}
+template <int REGS> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(REGS));
+}
+__device__ __forceinline__ void consumer_sync() {      // named barrier 1: the 256 consumer threads
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+}
+
+// Shared-memory tile layout (what TMA's SWIZZLE_128B writes, done here by hand): row r of the
+// tile (a row of A or B) is 128 bytes of K at offset 128 * r, and its 16-byte chunk c sits at
+// chunk c ^ (r % 8). 8 rows x 128 B = 1024 B form one swizzle atom (tiles are 1024-aligned).
+//
+// wgmma matrix descriptor (64 bits) for a K-major operand in that layout:
+//   bits  0-13  start address >> 4   (the k32 step inside the 128 B row just adds 32 bytes:
+//                                     the hardware applies the XOR to the final address)
+//   bits 16-29  leading byte offset >> 4: unused for swizzled K-major (K fits in one row); 1
+//   bits 32-45  stride byte offset >> 4: from one 8-row group to the next = 1024 B -> 64
+//   bits 49-51  base offset: 0 (atoms are 1024-aligned)
+//   bits 62-63  swizzle mode: 1 = 128 B
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+"""
+
+# CTA -> tile order (tile_origin) and the plain K loop's length (plain_stages), used by the
+# producer and the kernel body; two pieces because the plane's struct (int8_gemm_sm90_plane.py)
+# comes between them in the kernel source.
+SM90_TILE_SRC = r"""
+// CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
+__device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
+    const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
+    int pid = blockIdx.x, group = pid / (GROUP * tiles_n);
+    int first = group * GROUP, size = min(tiles_m - first, GROUP);
+    m0 = (first + (pid % (GROUP * tiles_n)) % size) * BM;
+    n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
+}
+"""
+
+SM90_PLAIN_STAGES_SRC = r"""// Stages of the plain K loop: Kp / BK rounded up to whole consumer groups (K past Kp is
+// zero-filled: it adds nothing)
+__device__ __forceinline__ int plain_stages(int Kp) {
+    return ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
+}
+"""
+
+# The producer's copy of one tile of A or B per stage (copy_plain); the plane's copy_plane
+# follows it in the kernel source
+SM90_COPY_SRC = r"""
+// An opaque copy of x, made anew where it is used: keeps the compiler from hoisting the per-row
+// offsets out of the stage loop (8 rows x 2 operands of them do not fit the producer's 40
+// registers: it spills).
+__device__ __forceinline__ int opaque(int x) {
+    asm volatile("" : "+r"(x));
+    return x;
+}
+
+// The producer's share of one tile (A or B) per stage: thread t copies chunk c = t % 8 of rows
+// r0 + 16 i (r0 = t / 8, i < 8; 8 threads read one row's 128 contiguous bytes). Chunk c holds
+// bytes 16 c % QB .. + 15 of K-block kb (its column j = 16 c / QB of the stage). Rows past
+// `rows` and kb = -1 are zero-filled.
+__device__ __forceinline__ void copy_plain(unsigned tile, unsigned dst, const signed char* P,
+                                           int row0, int rows, int Kp, int kb, int r0, int c) {
+    const int left = kb >= 0 ? rows - row0 - r0 : 0, step = opaque(16 * Kp);
+    const signed char* p = P + (long long)(row0 + r0) * Kp + kb * QB + 16 * c % QB;
+    #pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const bool ok = 16 * i < left;
+        cp_async16(tile + dst + 2048 * i, ok ? p : P, ok ? 16 : 0);
+        p += step;
+    }
+}
+"""
+
+# The producer warpgroup's loop over the stages: the plain ones, then the plane's
+SM90_PRODUCE_SRC = r"""
+// Thread t < SCALE_FLOATS loads one scale of the stage: s_A[m0/QB + rb, kb_j] -> [j][rb], then
+// s_B likewise; its block and K-block column j:
+__device__ __forceinline__ void scale_role(int t, int m0, int n0, bool& is_a, int& blk, int& j) {
+    is_a = t < RBS * KBS;
+    const int u = is_a ? t : t - RBS * KBS, nb = is_a ? RBS : CBS;
+    blk = (is_a ? m0 : n0) / QB + u % nb;
+    j = u / nb;
+}
+
+// Producer warpgroup: per stage, the A and B tiles (copy_plain / copy_plane) and, thread
+// t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. Two
+// loops, the plain stages and then the plane's, so that neither carries the other's registers
+// (the producer has 40).
+__device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
+                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, const Plane& pl) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
+    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
+    bool is_a;
+    int blk, j;
+    scale_role(t, m0, n0, is_a, blk, j);
+    const unsigned s_dst = base + SMEM_S + 4 * t;
+    const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
+    int kt = 0;
+    for (; kt < KT0; ++kt) {
+        const int slot = kt % STAGES, kb = kt * KBS + 16 * c / QB;
+        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+        copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
+        copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
+        if (t < SCALE_FLOATS) {
+            const int kbj = kt * KBS + j;
+            const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;
+            const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kbj : 0);
+            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src, ok ? 4 : 0);
+        }
+        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+    }
+    if (KT == KT0) return;
+    // The plane's stages. My chunk's column has one list (col); my plane rows 8 g .. 8 g + 7 one
+    // row block in it (rb; outside it when halves = 2 and the rows are the other half's: not
+    // copied, that half never reads this column). The list entries (K-block, slot) of each stage
+    // are loaded one stage ahead, so the copies never wait for them.
+    const int per = KBS / pl.halves, rl = RBS / pl.halves, g = t / 8;
+    const PlaneColumn col = plane_column(pl, m0, n0, 16 * c / QB);
+    const int rb = 8 * g / QB - col.h * rl;
+    const bool has_rows = rb >= 0 && rb < rl;
+    int kb_next = -1, slot_next = -1;
+    auto fetch = [&](int e) {                            // the entries of the plane's stage e
+        const int i = e * per;
+        kb_next = i < col.n ? pl.list[col.first + i] : -1;
+        slot_next = i < col.n && has_rows ? pl.slot[(long long)(col.first + i) * rl + rb] : -1;
+    };
+    fetch(0);
+    for (int e = 0; kt < KT; ++kt, ++e) {
+        const int slot = kt % STAGES, kb = kb_next, s = slot_next;
+        fetch(e + 1);
+        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+        const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
+        if (pl.on_b) {
+            copy_plain(sA, opaque(dst), A, m0, Mp, Kp, kb, r0, c);
+            copy_plane(sB, pl.q2, s, g, c);
+        } else {
+            if (has_rows) copy_plane(sA, pl.q2, s, g, c);
+            copy_plain(sB, opaque(dst), B, n0, Np, Kp, kb, r0, c);
+        }
+        if (t < SCALE_FLOATS) {          // (its role recomputed: fewer registers live in the loop)
+            scale_role(opaque(t), m0, n0, is_a, blk, j);
+            const PlaneColumn cj = plane_column(pl, m0, n0, j);
+            const int i = e * per, rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
+            const float* src = nullptr;
+            if (is_a != pl.on_b) {                      // the plane's: from the gathered scales
+                if (i < cj.n && rbj >= 0 && rbj < rl)
+                    src = pl.s2 + (long long)(cj.first + i) * rl + rbj;
+            } else if (i < cj.n && blk < (is_a ? Mp : Np) / QB) {
+                src = (is_a ? As : Bs) + (long long)blk * Kb + pl.list[cj.first + i];
+            }
+            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src ? src : As, src ? 4 : 0);
+        }
+        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+    }
+}
+"""
+
+
+def _smem_bytes(qblock):
+    """SMEM_BYTES of the kernel source: the A and B rings, the scale ring, 2 x STAGES barriers,
+    the block absmax, and 1024 bytes to align the base to the 128 B swizzle atom."""
+    blocks, kblocks = TILE // qblock, 128 // qblock      # RBS = CBS, and KBS per stage
+    scales = STAGES * 2 * blocks * kblocks * 4
+    return 2 * STAGES * TILE * 128 + scales + 16 * STAGES + 4 * blocks * blocks + 1024
