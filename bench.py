@@ -344,6 +344,24 @@ def make_block(style, C, T, mode, device):
     return torch.compile(block)
 
 
+def block_case(style, C, B, T, mode, device):
+    """make_block's block with a random input and output gradient, and two closures: one
+    training step (forward + backward) and the forward alone, under bf16 autocast on the GPU
+    (what a training step holds)."""
+    block = make_block(style, C, T, mode, device)
+    x = torch.randn(B, T, C, device=device, requires_grad=True)
+    dout = torch.randn(B, T, C, device=device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def forward():
+        with amp:
+            return block(x)
+
+    def step():
+        forward().backward(dout)
+    return block, step, forward
+
+
 def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
     """Forward + backward of one block per mode: median step ms, speedup against the faster of
     bf16 eager and bf16 compile, memory held for backward (saved tensors) and the step's peak
@@ -358,19 +376,7 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
     for C in widths:
         results = {}
         for mode in modes:
-            block = make_block(style, C, T, mode, device)
-            x = torch.randn(B, T, C, device=device, requires_grad=True)
-            dout = torch.randn(B, T, C, device=device)
-            amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-            def step():
-                with amp:
-                    y = block(x)
-                y.backward(dout)
-
-            def forward():
-                with amp:              # what a training step holds: bf16 autocast on the GPU
-                    return block(x)
+            block, step, forward = block_case(style, C, B, T, mode, device)
             step()                     # compiles, if the mode does, before anything is counted
             y, held = saved_bytes(forward, block)
             del y
@@ -382,7 +388,7 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
             peak = ((torch.cuda.max_memory_allocated() - between) / 2**20
                     if device.type == "cuda" else None)
             results[mode] = (ms, held, peak)
-            del block, x, dout, step, forward
+            del block, step, forward
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         base = min(results[m][0] for m in ("bf16", "bf16 compile") if m in results)

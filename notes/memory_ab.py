@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+import bench  # noqa: E402
 import int8_gelu_cuda  # noqa: E402
 import quantize_cuda  # noqa: E402
 from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd  # noqa: E402
@@ -25,15 +25,8 @@ dev = torch.device("cuda")
 COPY_GBS = 3000.0
 
 
-def kernel_ms(fn, reps=50):
-    """bench.kernel_ms: mean GPU time per call of the kernels fn launches."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    return sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages()) / reps / 1e3
+def kernel_ms(fn):
+    return bench.kernel_ms(fn, reps=50)
 
 
 def load(path, name):

@@ -14,8 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fallback import FallbackConfig  # noqa: E402
-from model import Block, GPTConfig  # noqa: E402
+from bench import block_case  # noqa: E402
 
 
 def main():
@@ -25,20 +24,7 @@ def main():
     args = p.parse_args()
     B, T, C = 4, 2048, args.width
     for mode in ("bf16", "int8", "int8+fallback"):
-        cfg = GPTConfig(n_embd=C, n_head=max(1, C // 128), block_size=T,
-                        mlp="gelu" if args.style == "gpt2" else "swiglu",
-                        norm="layernorm" if args.style == "gpt2" else "rmsnorm",
-                        int8=mode != "bf16", fallback=mode == "int8+fallback")
-        torch.manual_seed(0)
-        block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
-                      0).cuda()
-        x = torch.randn(B, T, C, device="cuda", requires_grad=True)
-        dout = torch.randn(B, T, C, device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                y = block(x)
-            y.backward(dout)
+        _, step, _ = block_case(args.style, C, B, T, mode, torch.device("cuda"))
         for _ in range(3):
             step()
         torch.cuda.synchronize()

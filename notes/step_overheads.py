@@ -17,7 +17,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from bench import make_block  # noqa: E402
+from bench import block_case  # noqa: E402
 from int8_gelu import gelu_fwd  # noqa: E402
 from int8_linear import gemm  # noqa: E402
 from int8_norm import layernorm_fwd  # noqa: E402
@@ -91,14 +91,7 @@ def frame_of(frames):
 
 def peak_live(style, width, mode, B=4, T=2048):
     dev = torch.device("cuda")
-    block = make_block(style, width, T, mode, dev)
-    x = torch.randn(B, T, width, device=dev, requires_grad=True)
-    dout = torch.randn(B, T, width, device=dev)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = block(x)
-        y.backward(dout)
+    block, step, _ = block_case(style, width, B, T, mode, dev)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -128,7 +121,7 @@ def peak_live(style, width, mode, B=4, T=2048):
     print("| made at | tensors | MiB |\n|---|---|---|")
     for site, (n, s) in sorted(by_site.items(), key=lambda kv: -kv[1][1])[:14]:
         print(f"| {site} | {n} | {s / 2**20:.1f} |")
-    del block, x, dout
+    del block, step
     torch.cuda.empty_cache()
 
 
