@@ -88,7 +88,10 @@ __device__ __forceinline__ void mma_m16n8k32_s8(int (&d)[4], const unsigned (&a)
 __device__ __forceinline__ int smem_offset(int row, int chunk) {
     return row * BK + ((chunk ^ ((row / (128 / BK)) % CHUNKS)) << 4);
 }
+"""
 
+# CTA -> tile order, shared with the wgmma kernel (int8_gemm_sm90.py): both define BM and BN.
+TILE_ORIGIN_SRC = r"""
 // CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
 __device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
     const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
@@ -437,4 +440,4 @@ gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As
 }
 """
 
-GEMM_SRC = GEMM_COMMON_SRC + GEMM_MAINLOOP_SRC + GEMM_STORE_SRC + GEMM_EPILOGUE_SRC
+GEMM_SRC = GEMM_COMMON_SRC + TILE_ORIGIN_SRC + GEMM_MAINLOOP_SRC + GEMM_STORE_SRC + GEMM_EPILOGUE_SRC

@@ -58,11 +58,11 @@ import numpy as np
 import torch
 
 from int8_gemm import cdiv
-from int8_gemm_mma import GEMM_STORE_SRC
+from int8_gemm_mma import GEMM_STORE_SRC, TILE_ORIGIN_SRC
 from int8_gemm_sm90_plane import (CONSUME_PLANE_SRC, COPY_PLANE_SRC, PLANE_SRC, PLANE_STAGES_SRC,
                                   plane_args)
 from int8_gemm_sm90_ring import (SM90_COPY_SRC, SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
-                                 SM90_PTX_SRC, SM90_TILE_SRC, TILE, _smem_bytes, _wgmma_wrapper)
+                                 SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
 from quantize import get_kernel, launch
 
 THREADS = 384                                # producer + 2 consumer warpgroups
@@ -342,7 +342,7 @@ gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict
 
 # The producer's and the consumers' device code in declaration order (C++ wants each function
 # before its first use): the ring's pieces, the plane's, and the K-block steps
-SM90_MAINLOOP_SRC = (SM90_TILE_SRC + PLANE_SRC + SM90_PLAIN_STAGES_SRC + PLANE_STAGES_SRC
+SM90_MAINLOOP_SRC = (TILE_ORIGIN_SRC + PLANE_SRC + SM90_PLAIN_STAGES_SRC + PLANE_STAGES_SRC
                      + SM90_COPY_SRC + COPY_PLANE_SRC + SM90_PRODUCE_SRC + SM90_KBLOCK_SRC
                      + CONSUME_PLANE_SRC)
 SM90_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC

@@ -145,20 +145,9 @@ __device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
 }
 """
 
-# CTA -> tile order (tile_origin) and the plain K loop's length (plain_stages), used by the
-# producer and the kernel body; two pieces because the plane's struct (int8_gemm_sm90_plane.py)
-# comes between them in the kernel source.
-SM90_TILE_SRC = r"""
-// CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
-__device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
-    const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
-    int pid = blockIdx.x, group = pid / (GROUP * tiles_n);
-    int first = group * GROUP, size = min(tiles_m - first, GROUP);
-    m0 = (first + (pid % (GROUP * tiles_n)) % size) * BM;
-    n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
-}
-"""
-
+# The plain K loop's length (plain_stages), used by the producer and the kernel body; the CTA ->
+# tile order (tile_origin) is the mma kernel's TILE_ORIGIN_SRC, and the plane's struct
+# (int8_gemm_sm90_plane.py) comes between the two in the kernel source.
 SM90_PLAIN_STAGES_SRC = r"""// Stages of the plain K loop: Kp / BK rounded up to whole consumer groups (K past Kp is
 // zero-filled: it adds nothing)
 __device__ __forceinline__ int plain_stages(int Kp) {

@@ -138,12 +138,11 @@ class NormLinear(torch.autograd.Function):
         spec = ctx.spec
         w_q = requantize(w, spec)                                        # (3C, C) int8
         dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
-        del dqkv              # (each transient is dropped once used: the backward's peak)
         # --- GEMM: dA = dqkv @ W ---
         da_q = linear_dgrad(dqkv_q, w_q, out="int8_sr")                  # (B, T, C) int8
         # --- GEMM: dW = dqkv^T @ A ---
         dw = linear_wgrad(dqkv_q, a_q)                                   # (3C, C) fp32
-        del dqkv_q
+        del dqkv_q            # (each transient is dropped once used: the backward's peak)
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
         return dx, dln_w, dln_b, dw, None, None
 
