@@ -39,6 +39,9 @@ The second plane is stored compactly, in proportion to the flagged fraction (QTe
     q2   (n_flagged, QB, QB)   int8 residual blocks
     s2   (n_flagged,)          fp32 residual scales
 """
+import math
+from typing import NamedTuple, Optional
+
 import torch
 
 from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, check_finite, check_float,
@@ -71,12 +74,14 @@ def outlier_scores(xp, qblock, rule, logical=None):
 
 def median_nonzero(v):
     """torch.median (the lower middle value) of the nonzero entries of v >= 0, or 1 if there are
-    none: sorted, the nonzero entries are the last m, so the median is a gather at a computed
-    index. No boolean indexing, hence no host sync (v[v > 0].median() would wait on the GPU)."""
+    none: sorted, the m nonzero entries are the last m of n, so their lower median sits at
+    n - m + (m - 1) // 2 = (2n - 1 - m) // 2, a gather at a computed index (n - 1, a zero, when
+    m = 0). No boolean indexing, hence no host sync (v[v > 0].median() would wait on the GPU)."""
     srt = v.flatten().sort().values
-    m = (srt > 0).sum()                                            # a device tensor
-    idx = (srt.numel() - m + (m - 1).clamp_min(0) // 2).clamp_max(srt.numel() - 1)
-    return torch.where(m > 0, srt[idx], torch.ones_like(srt[0]))
+    n = srt.numel()
+    idx = (2 * n - 1 - torch.count_nonzero(srt)) // 2               # a device tensor
+    med = srt.gather(0, idx.view(1)).squeeze(0)
+    return torch.where(med > 0, med, 1.0)
 
 
 def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, logical=None):
@@ -84,20 +89,23 @@ def outlier_flags(xp, qblock, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD, lo
     return flags_from_scores(outlier_scores(xp, qblock, rule, logical), rule, threshold)
 
 
-def scale_flags(s, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD):
-    """The 'median' and 'topk' rules read off a quantized tensor's scale grid alone: s is the
+def scale_scores(s, rule=DEFAULT_RULE):
+    """The 'median' and 'topk' scores read off a quantized tensor's scale grid alone: s is the
     block absmax / 127, so s / median(s) is absmax / median absmax, and no float pass is needed.
-    ('crest' needs each block's rms, i.e. the floats: outlier_flags.)"""
+    ('crest' needs each block's rms, i.e. the floats: outlier_scores.)"""
     if rule == "crest":
         raise ValueError("the 'crest' rule needs the float tensor (outlier_flags), not scales")
-    return flags_from_scores(s / median_nonzero(s), rule, threshold)
+    return s / median_nonzero(s)
+
+
+def scale_flags(s, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD):
+    """Boolean flags from a scale grid (scale_scores)."""
+    return flags_from_scores(scale_scores(s, rule), rule, threshold)
 
 
 def flags_from_scores(scores, rule, threshold):
     if rule == "topk":
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"the 'topk' rule takes a fraction in [0, 1], got {threshold}")
-        k = int(round(threshold * scores.numel()))
+        k = topk_count(threshold, scores.numel())
         flags = torch.zeros_like(scores, dtype=torch.bool)
         if k > 0:
             flags.view(-1)[scores.view(-1).topk(k).indices] = True
@@ -107,26 +115,59 @@ def flags_from_scores(scores, rule, threshold):
     return scores > threshold
 
 
+def topk_count(fraction, n_blocks):
+    """How many blocks the 'topk' rule flags at most (known on the host: no sync)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"the 'topk' rule takes a fraction in [0, 1], got {fraction}")
+    return int(round(fraction * n_blocks))
+
+
 # ---------------------------------------------------------------------------------------------
 # the second plane
 
-def add_second_plane(t, flags, blocks_of):
+def add_second_plane(t, flags, blocks_of, capacity=None):
     """Attach the residual plane of the flagged blocks to QTensor t. blocks_of(bi, bj) returns
     the float values of blocks (bi[n], bj[n]) as (n, QB, QB) fp32, zero in the padding: only the
-    flagged blocks are ever read or computed (gathered_blocks, or an op's recompute)."""
+    flagged blocks are ever read or computed (gathered_blocks, or an op's recompute).
+
+    capacity = None sizes q2 exactly: one host sync (nonzero) to count the flags. An int sizes
+    q2 at `capacity` blocks with no sync (PlaneBudget): the flagged blocks take the slots in
+    block order, as nonzero would give them; spare slots hold zeros that no slot entry points
+    at, and flagged blocks past the capacity (an overflow) stay plain int8."""
     QB = t.qblock
     Rb, Cb = flags.shape
-    idx = flags.view(-1).nonzero().squeeze(1)      # the one host sync: n_flagged sizes q2
-    bi, bj = idx // Cb, idx % Cb
-    qb = t.q.view(Rb, QB, Cb, QB)[bi, :, bj, :]                    # (n, QB, QB) int8
+    n, dev = flags.numel(), t.q.device
+    f = flags.view(-1)
+    if capacity == 0:                                  # nothing can be flagged, or no room
+        t.q2 = torch.empty((0, QB, QB), dtype=torch.int8, device=dev)
+        t.s2 = torch.empty((0,), dtype=torch.float32, device=dev)
+        t.slot = torch.full(flags.shape, -1, dtype=torch.int32, device=dev)
+        return t
+    if capacity is None:
+        idx = f.nonzero().squeeze(1)                   # the host sync: n_flagged sizes q2
+        used = None
+    else:
+        # the k-th flagged block goes to slot k (a running count), those past the capacity to
+        # a dump entry; slots no block reaches keep the index n, "none"
+        rank = f.cumsum(0) - 1
+        dest = torch.where(f & (rank < capacity), rank, capacity)
+        idx = torch.full((capacity + 1,), n, dtype=torch.long, device=dev)
+        idx = idx.scatter_(0, dest, torch.arange(n, device=dev))[:capacity]
+        used = idx < n
+    src = idx if used is None else idx.clamp_max(n - 1)   # spare slots read block n-1, unused
+    bi, bj = src // Cb, src % Cb
+    qb = t.q.view(Rb, QB, Cb, QB)[bi, :, bj, :]                    # (k, QB, QB) int8
     rb = blocks_of(bi, bj) - qb.float() * t.s[bi, bj][:, None, None]   # |r| <= s1/2
-    amax = rb.abs().amax(dim=(1, 2))                               # (n,)
+    amax = rb.abs().amax(dim=(1, 2))                               # (k,)
+    if used is not None:
+        amax = amax * used                                         # spare slots: s2 = 0, q2 = 0
     inv = torch.where(amax > 0, QMAX / amax.clamp_min(1e-38), torch.zeros_like(amax))
     t.q2 = torch.round(rb * inv[:, None, None]).clamp(-QMAX, QMAX).to(torch.int8)
     t.s2 = (amax / QMAX).contiguous()
-    slot = torch.full((flags.numel(),), -1, dtype=torch.int32, device=t.q.device)
-    slot[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=t.q.device)
-    t.slot = slot.view(flags.shape)
+    k = torch.arange(idx.numel(), dtype=torch.int32, device=dev)
+    slot = torch.full((n + 1,), -1, dtype=torch.int32, device=dev)   # [n]: the spares' dump
+    slot[idx] = k if used is None else torch.where(used, k, -1)
+    t.slot = slot[:n].view(flags.shape)
     return t
 
 
@@ -137,14 +178,6 @@ def gathered_blocks(xp, qblock):
     return lambda bi, bj: view[bi, :, bj, :].float()
 
 
-def attach_plane(t, fallback, blocks_of):
-    """How an op gives its plain int8 output t (from a kernel) the fallback plane: flags from
-    t's scales ('median', 'topk'), and the float values of the flagged blocks alone from
-    blocks_of, which the op recomputes from its inputs. Returns t."""
-    rule, threshold = fallback
-    return add_second_plane(t, scale_flags(t.s, rule, threshold), blocks_of)
-
-
 def dequantized_blocks(t):
     """blocks_of for a plain QTensor: its blocks (bi, bj) dequantized, (n, QB, QB) fp32."""
     QB = t.qblock
@@ -153,10 +186,134 @@ def dequantized_blocks(t):
     return lambda bi, bj: view[bi, :, bj, :].float() * t.s[bi, bj][:, None, None]
 
 
+# ---------------------------------------------------------------------------------------------
+# sizing the plane without a host sync
+
+class PlaneBudget:
+    """Room for the second plane of one call site (one activation of one layer), so that sizing
+    q2 needs no host sync in the steady state.
+
+    Counting the flags on the host (nonzero) makes the CPU wait for the GPU once per
+    fallback-quantized tensor, and the GPU then idles while the CPU queues the next work (a
+    GPT-2 block at width 2048: 12.1 ms of wall time for 7.9 ms of kernels per step). Instead
+    each call site sizes q2 from the flag count of its previous call (a step earlier), copied
+    to pinned host memory behind an event: capacity = HEADROOM x the recent peak count. By the
+    time the site is called again the copy has long landed (train.py reads the loss every
+    step), so reading it does not stall; if it has not, the read waits for it, so that the
+    capacities, and so the results, do not depend on timing. The first call counts exactly;
+    a site that has flagged nothing yet gets no plane (capacity 0: its GEMMs run plain). A call
+    that flags more blocks than its capacity keeps the first ones (block order) in two planes
+    and the rest in plain int8; `overflows` counts such calls, and the next capacity covers the
+    count. The state (peak, overflows) goes into checkpoints, so a resumed run sizes its planes
+    as the straight run would."""
+
+    HEADROOM = 1.5                  # capacity over the recent peak count
+    DECAY = 0.98                    # the recent peak forgets 2% a call
+
+    def __init__(self, peak=None, overflows=0):
+        self.peak = peak            # recent peak count (float), None before the first count
+        self.overflows = overflows  # calls that flagged more blocks than their capacity
+        self._readback = None       # (pinned host int64, CUDA event), made at the first count
+        self._waiting = None        # (capacity,) of the count in flight, None when none is
+
+    def capacity(self, n_blocks):
+        """q2's size for a tensor of n_blocks blocks, or None: count exactly (one sync)."""
+        self._read()
+        if self.peak is None:
+            return None
+        return min(n_blocks, math.ceil(self.HEADROOM * self.peak))
+
+    def observe(self, count, capacity):
+        """count: this call's flagged blocks, an int or a 0-d tensor (a CUDA one is copied back
+        asynchronously); capacity: the size q2 had (None: exact)."""
+        if not torch.is_tensor(count) or not count.is_cuda:
+            self._update(int(count), capacity)
+            return
+        self._read()                                   # (a count still unread: the last call's)
+        if self._readback is None:
+            self._readback = (torch.empty((), dtype=torch.int64, pin_memory=True),
+                              torch.cuda.Event())
+        host, event = self._readback
+        host.copy_(count, non_blocking=True)
+        event.record()
+        self._waiting = (capacity,)
+
+    def state(self):
+        self._read()
+        return self.peak, self.overflows
+
+    def _read(self):
+        if self._waiting is not None:
+            host, event = self._readback
+            if not event.query():                      # not landed yet (rare): wait for it
+                event.synchronize()
+            self._update(int(host), *self._waiting)
+            self._waiting = None
+
+    def _update(self, count, capacity):
+        if capacity is not None and count > capacity:
+            self.overflows += 1
+        self.peak = count if self.peak is None else max(count, self.DECAY * self.peak)
+
+
+class Spec(NamedTuple):
+    """What an op that quantizes its output with a fallback plane takes (a plain
+    (rule, threshold) pair works too): the rule, its threshold, and the call site's budget
+    (None: size the plane exactly, one host sync)."""
+    rule: str = DEFAULT_RULE
+    threshold: float = DEFAULT_THRESHOLD
+    budget: Optional[PlaneBudget] = None
+
+
+def plane_with_flags(t, flags, blocks_of, spec):
+    """add_second_plane with q2 sized without a host sync where the host knows enough: nothing
+    can be flagged (threshold = inf: an empty plane, so exactly plain int8), 'topk' (at most its
+    k), or the call site has a PlaneBudget; otherwise counted exactly."""
+    rule, threshold, budget = Spec(*spec)
+    if rule != "topk" and math.isinf(threshold):
+        capacity = 0
+    elif rule == "topk":
+        capacity = topk_count(threshold, flags.numel())
+    elif budget is not None:
+        capacity = budget.capacity(flags.numel())
+    else:
+        capacity = None
+    add_second_plane(t, flags, blocks_of, capacity)
+    if budget is not None and rule != "topk" and not math.isinf(threshold):
+        budget.observe(t.q2.shape[0] if capacity is None else flags.sum(), capacity)
+    return t
+
+
+def attach_plane(t, fallback, blocks_of):
+    """How an op gives its plain int8 output t (from a kernel) the fallback plane: flags from
+    t's scales ('median', 'topk'), and the float values of the flagged blocks alone from
+    blocks_of, which the op recomputes from its inputs. Returns t."""
+    rule, threshold, _ = Spec(*fallback)
+    flags = flags_from_scores(scale_scores(t.s, rule), rule, threshold)
+    return plane_with_flags(t, flags, blocks_of, fallback)
+
+
 def plane_from_scales(fallback):
     """True when an op's kernel output can take its fallback plane through attach_plane: no
     fallback, or a rule that reads the scales ('crest' runs the op's torch reference)."""
     return fallback is None or fallback[0] != "crest"
+
+
+def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None):
+    """Quantize x and give its outlier blocks a second plane; fallback = Spec or
+    (rule, threshold). The first plane is exactly quantize(x, qblock, stochastic)."""
+    rule, threshold, _ = Spec(*fallback)
+    check_float(x)
+    if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
+        check_finite(x)
+    t = quantize(x, qblock, stochastic, generator)
+    xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
+    if rule == "crest":
+        scores = outlier_scores(xp.float(), qblock, rule, logical=(t.rows, t.cols))
+    else:
+        scores = scale_scores(t.s, rule)
+    flags = flags_from_scores(scores, rule, threshold)
+    return plane_with_flags(t, flags, gathered_blocks(xp, qblock), fallback)
 
 
 def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
@@ -164,27 +321,24 @@ def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THR
     """Quantize x and give its outlier blocks a second plane. Returns (QTensor, flagged fraction).
 
     The first plane is exactly quantize(x, qblock, stochastic); threshold = inf adds nothing.
+    (The fraction is read on the host: a sync. The model uses quantize_with_plane.)
     """
-    check_float(x)
-    if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
-        check_finite(x)
-    t = quantize(x, qblock, stochastic, generator)
-    xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
-    if rule == "crest":
-        flags = outlier_flags(xp.float(), qblock, rule, threshold, logical=(t.rows, t.cols))
-    else:
-        flags = scale_flags(t.s, rule, threshold)
-    add_second_plane(t, flags, gathered_blocks(xp, qblock))
+    t = quantize_with_plane(x, qblock, (rule, threshold), stochastic, generator)
     return t, flagged_fraction(t)
+
+
+def flagged_count(t):
+    """Flagged blocks of t that carry a second plane, as a 0-d device tensor (no sync)."""
+    if not t.has_fallback:
+        return torch.zeros((), dtype=torch.int64, device=t.q.device)
+    return (t.slot >= 0).sum()
 
 
 def flagged_fraction(t):
     """Fraction of the tensor's logical blocks that carry a second plane (0.0 without one)."""
     if not t.has_fallback:
         return 0.0
-    QB = t.qblock
-    rb, cb = -(-t.rows // QB), -(-t.cols // QB)                    # logical blocks only
-    return t.q2.shape[0] / (rb * cb)
+    return flagged_count(t).item() / t.slot.numel()     # the block grid covers the logical blocks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +361,9 @@ def mixed_gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator
 
 
 class FallbackConfig:
-    """What the model needs to know about fallback: on/off, the rule and its threshold, and
-    the flagged fraction of each quantized activation from the last forward (for logging)."""
+    """What the model needs to know about fallback: on/off, the rule and its threshold, a plane
+    budget per call site (no host sync in the steady state), and the flagged fraction of each
+    quantized activation from the last forward (0-d device tensors; fractions() reads them)."""
 
     def __init__(self, enabled=False, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
                  grad=False):
@@ -216,35 +371,61 @@ class FallbackConfig:
             raise ValueError(f"unknown fallback rule {rule!r}; choose one of {RULES}")
         self.enabled, self.rule, self.threshold, self.grad = enabled, rule, threshold, grad
         self.stats = {}
+        self.budgets = {}
 
-    @property
-    def spec(self):
-        """What an op that quantizes its own output takes: (rule, threshold), or None if off."""
-        return (self.rule, self.threshold) if self.enabled else None
+    def spec_for(self, name):
+        """The Spec of call site `name` (its own PlaneBudget), or None if off."""
+        if not self.enabled:
+            return None
+        if name not in self.budgets:
+            self.budgets[name] = PlaneBudget()
+        return Spec(self.rule, self.threshold, self.budgets[name])
 
     def record(self, name, t):
-        """Log the flagged fraction of an activation that an op quantized with `spec`."""
+        """Log the flagged fraction of an activation that an op quantized with a spec."""
         if self.enabled:
-            self.stats[name] = flagged_fraction(t)
+            self.stats[name] = (flagged_count(t) / t.slot.numel() if t.has_plane else 0.0)
 
     def quantize(self, x, qblock, name, stochastic=False):
         """Quantize an activation, with a second plane for outlier blocks when enabled."""
         if not self.enabled:
             return quantize(x, qblock, stochastic)
-        t, frac = quantize_fallback(x, qblock, self.rule, self.threshold, stochastic)
-        self.stats[name] = frac
+        t = quantize_with_plane(x, qblock, self.spec_for(name), stochastic)
+        self.record(name, t)
         return t
+
+    def fractions(self):
+        """The last forward's flagged fractions as floats: one host sync for all of them."""
+        if not self.stats:
+            return {}
+        dev = next((v.device for v in self.stats.values() if torch.is_tensor(v)), "cpu")
+        vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=dev)
+                            for v in self.stats.values()])
+        return dict(zip(self.stats, vals.tolist()))
+
+    def state_dict(self):
+        """The budgets, for a checkpoint (per process: each rank flags its own data)."""
+        return {name: b.state() for name, b in self.budgets.items()}
+
+    def load_state_dict(self, state):
+        self.budgets = {name: PlaneBudget(peak, overflows) for name, (peak, overflows) in state.items()}
+
+    def overflows(self):
+        """Calls so far whose flags did not all fit their plane budget."""
+        return sum(b.overflows for b in self.budgets.values())
 
 
 def quantize_out(y, qblock, fallback=None):
     """How an op quantizes its float result: round to nearest, plus a second plane for outlier
-    blocks when fallback = (rule, threshold) is given. Used by the norm and activation ops."""
+    blocks when fallback = Spec or (rule, threshold) is given. Used by the norm and activation
+    ops' reference paths."""
     if fallback is None:
         return quantize(y, qblock)
-    return quantize_fallback(y, qblock, *fallback)[0]
+    return quantize_with_plane(y, qblock, fallback)
 
 
 __all__ = ["RULES", "DEFAULT_RULE", "DEFAULT_THRESHOLD", "outlier_scores", "outlier_flags",
-           "scale_flags", "attach_plane", "dequantized_blocks", "plane_from_scales",
-           "quantize_fallback", "quantize_fallback_ref", "flagged_fraction", "mixed_gemm",
-           "FallbackConfig", "quantize_out", "QTensor", "dequantize"]
+           "scale_scores", "scale_flags", "attach_plane", "dequantized_blocks",
+           "plane_from_scales", "PlaneBudget", "Spec", "quantize_with_plane",
+           "quantize_fallback", "quantize_fallback_ref", "flagged_count", "flagged_fraction",
+           "mixed_gemm", "FallbackConfig", "quantize_out", "QTensor", "dequantize"]

@@ -83,11 +83,12 @@ class Int8Spec:
 
     def norm_fwd(self, x, w, b, what):
         """Norm with int8 output; `what` names the GEMM that output feeds (for the log)."""
+        name = f"{self.name}.{what}"
         if self.norm == "layernorm":
-            out = layernorm_fwd(x, w, b, self.qblock, fallback=self.fb.spec)
+            out = layernorm_fwd(x, w, b, self.qblock, fallback=self.fb.spec_for(name))
         else:
-            out = rmsnorm_fwd(x, w, self.qblock, fallback=self.fb.spec)
-        self.fb.record(f"{self.name}.{what}", out[0])
+            out = rmsnorm_fwd(x, w, self.qblock, fallback=self.fb.spec_for(name))
+        self.fb.record(name, out[0])
         return out
 
     def norm_bwd(self, dy_q, xhat_q, rstd, w, has_bias):
@@ -97,8 +98,9 @@ class Int8Spec:
 
     def act_fwd(self, h_q):
         act = gelu_fwd if self.mlp == "gelu" else swiglu_fwd
-        g_q = act(h_q, fallback=self.fb.spec)
-        self.fb.record(f"{self.name}.mlp.c_proj", g_q)
+        name = f"{self.name}.mlp.c_proj"
+        g_q = act(h_q, fallback=self.fb.spec_for(name))
+        self.fb.record(name, g_q)
         return g_q
 
     def act_bwd(self, dg_q, h_q):
@@ -329,8 +331,9 @@ class GPT(nn.Module):
         return logits, loss
 
     def fallback_stats(self):
-        """Flagged fraction of each fallback-quantized activation in the last forward."""
-        return dict(self.fb.stats)
+        """Flagged fraction of each fallback-quantized activation in the last forward (floats:
+        one host sync, so call it where the step syncs anyway)."""
+        return self.fb.fractions()
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -259,6 +259,7 @@ def main(argv=None):
             torch.set_rng_state(rngs[rank]['torch'])
             if device_type == 'cuda' and rngs[rank]['cuda'] is not None:
                 torch.cuda.set_rng_state(rngs[rank]['cuda'], c.device)
+            raw_model.fb.load_state_dict(rngs[rank].get('fallback', {}))
         train_gen.set_state(rngs[0]['batches'])
         random.setstate(rngs[0]['python'])
         print0(f'resumed from {ckpt_path} at iter {iter_num}')
@@ -292,11 +293,12 @@ def main(argv=None):
 
     def save_checkpoint():
         """Every rank calls this: rank 0 gathers each rank's RNG (its own stochastic-rounding
-        stream) and writes to a temporary file, then renames: a crash mid-write never leaves a
-        broken ckpt. raw_model's keys carry no DDP 'module.' prefix: one process loads it too."""
+        stream) and fallback plane budgets, and writes to a temporary file, then renames: a crash
+        mid-write never leaves a broken ckpt. raw_model's keys carry no DDP 'module.' prefix:
+        one process loads it too."""
         rng = dict(torch=torch.get_rng_state(), batches=train_gen.get_state(),
                    cuda=torch.cuda.get_rng_state(c.device) if device_type == 'cuda' else None,
-                   python=random.getstate())
+                   python=random.getstate(), fallback=raw_model.fb.state_dict())
         rngs = [rng]
         if ddp:
             rngs = [None] * world_size if master else None
@@ -333,7 +335,7 @@ def main(argv=None):
     old_handler = signal.signal(signal.SIGINT, on_sigint)  # main() runs in the main thread
 
     # -- training loop -----------------------------------------------------------------------
-    iters, train_losses, fb_sum, fb_steps = [], [], {}, 0
+    iters, train_losses, fb_sum, fb_steps, fb_overflows = [], [], {}, 0, 0
     losses, eval_iter, halt = None, None, False
     bar = tqdm(total=c.max_iters, initial=iter_num, disable=not c.progress or not master,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -399,6 +401,13 @@ def main(argv=None):
                     print0(f'iter {iter_num}: fallback flags {sum(fb.values()) / len(fb):.2%} of '
                            f'blocks on average, at most {fb[worst]:.2%} ({worst})')
                     entry['fallback'] = fb
+                    overflows = raw_model.fb.overflows()  # see fallback.PlaneBudget
+                    if overflows > fb_overflows:
+                        print0(f'iter {iter_num}: {overflows - fb_overflows} fallback planes '
+                               f'overflowed their budget since the last log (their lowest-scoring '
+                               f'flagged blocks stayed plain int8); the budgets have grown')
+                        entry['fallback_overflows'] = overflows - fb_overflows
+                        fb_overflows = overflows
                 log(**entry)
                 fb_sum, fb_steps = {}, 0
             iter_num += 1

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from fallback import (RULES, FallbackConfig, flagged_fraction, mixed_gemm, outlier_flags,
-                      quantize_fallback, quantize_out)
+from fallback import (RULES, FallbackConfig, PlaneBudget, flagged_fraction, mixed_gemm,
+                      outlier_flags, quantize_fallback, quantize_out)
 from int8_linear import gemm
 from quantize import dequantize, pad_2d, quantize
 
@@ -121,10 +121,10 @@ def test_config_records_stats_and_validates():
     x = glu_like(64, 64, frac=0.5, seed=6)
     fb.quantize(x, 32, "h.0.attn.c_proj")
     assert 0 < fb.stats["h.0.attn.c_proj"] <= 1
-    assert quantize_out(x, 32, fb.spec).has_fallback
+    assert quantize_out(x, 32, fb.spec_for("h.0.mlp.c_proj")).has_fallback
     assert not quantize_out(x, 32, None).has_fallback
     off = FallbackConfig(False)
-    assert off.spec is None and not off.quantize(x, 32, "a").has_fallback and off.stats == {}
+    assert off.spec_for("a") is None and not off.quantize(x, 32, "a").has_fallback and off.stats == {}
     with pytest.raises(ValueError, match="unknown fallback rule"):
         FallbackConfig(True, "magic")
     with pytest.raises(ValueError, match="fraction"):
@@ -248,3 +248,116 @@ def test_median_nonzero_is_torch_median_of_the_nonzero_values():
         nz = v[v > 0]
         want = nz.median() if nz.numel() else torch.tensor(1.0)
         assert median_nonzero(v).item() == want.item()
+
+
+# ---------------------------------------------------------------------------------------------
+# sizing the plane without a host sync (PlaneBudget)
+
+def planes_of(t):
+    """The plane as the GEMM sees it: per block, its residual values (zero where unflagged)."""
+    QB = t.qblock
+    d = torch.zeros(t.slot.numel(), QB, QB)
+    used = t.slot.view(-1) >= 0
+    d[used] = t.q2[t.slot.view(-1)[used].long()].float() * t.s2[t.slot.view(-1)[used].long()][:, None, None]
+    return d
+
+
+def test_capacity_holds_the_exact_plane_with_spare_slots():
+    from fallback import Spec, quantize_with_plane
+    x = glu_like(200, 320, frac=0.01, seed=10)     # 12 of 70 blocks flagged
+    exact = quantize_with_plane(x, 32, ("median", 2.5))
+    n = exact.q2.shape[0]
+    assert 0 < n < 40
+    budget = PlaneBudget()
+    budget.observe(n, None)                           # as if an earlier call had counted n
+    roomy = quantize_with_plane(x, 32, Spec("median", 2.5, budget))
+    assert roomy.q2.shape[0] == math.ceil(1.5 * n) > n and budget.overflows == 0
+    assert torch.equal(roomy.slot >= 0, exact.slot >= 0)
+    assert torch.equal(planes_of(roomy), planes_of(exact))
+    assert torch.equal(dequantize(roomy), dequantize(exact))
+    spare = torch.ones(roomy.q2.shape[0], dtype=torch.bool)
+    spare[roomy.slot[roomy.slot >= 0].long()] = False
+    assert spare.sum() == roomy.q2.shape[0] - n
+    assert (roomy.q2[spare] == 0).all() and (roomy.s2[spare] == 0).all()
+    tw = quantize(torch.randn(64, 320))
+    assert torch.equal(mixed_gemm(roomy, tw), mixed_gemm(exact, tw))
+
+
+def test_overflow_keeps_the_first_flags_and_grows_the_budget():
+    from fallback import Spec, quantize_with_plane
+    x = glu_like(256, 256, frac=0.01, seed=11)     # 15 of 64 flagged
+    exact = quantize_with_plane(x, 32, ("median", 1.5))
+    n = exact.q2.shape[0]
+    budget = PlaneBudget()
+    budget.observe(4, None)                           # an earlier call flagged only 4
+    cap = budget.capacity(64)
+    assert cap == 6 < n
+    small = quantize_with_plane(x, 32, Spec("median", 1.5, budget))
+    kept = small.slot >= 0
+    assert small.q2.shape[0] == cap and kept.sum() == cap and budget.overflows == 1
+    first = (exact.slot >= 0) & (exact.slot < cap)    # exact slots are in block order too
+    assert torch.equal(kept, first) and torch.equal(small.slot[kept], exact.slot[kept])
+    assert torch.equal(small.q2, exact.q2[:cap]) and torch.equal(small.s2, exact.s2[:cap])
+    assert budget.capacity(64) == math.ceil(1.5 * n)  # the count it saw
+
+
+def test_budget_capacity_decay_and_exact_first_call():
+    b = PlaneBudget()
+    assert b.capacity(1000) is None                   # nothing seen: count exactly
+    b.observe(100, None)
+    assert b.capacity(1000) == 150 and b.capacity(80) == 80
+    b.observe(torch.tensor(0), 150)                   # a CPU tensor count: read at once
+    assert b.capacity(1000) == math.ceil(1.5 * 98)    # the peak decays 2% a call
+    z = PlaneBudget()
+    z.observe(0, None)
+    assert z.capacity(1000) == 0                      # nothing flagged yet: no plane
+    x = glu_like(128, 128, frac=0.01, seed=15)
+    from fallback import Spec, quantize_with_plane
+    t = quantize_with_plane(x, 32, Spec("median", 2.5, z))
+    assert not t.has_plane and (t.slot < 0).all() and z.overflows == 1
+    assert z.capacity(1000) > 0                       # ... until a count says otherwise
+
+
+def test_threshold_inf_and_topk_need_no_count():
+    """Sizes the host knows without counting: inf (no plane at all) and topk (its k)."""
+    from fallback import Spec, quantize_with_plane
+    x = glu_like(128, 128, seed=12)
+    budget = PlaneBudget()
+    t = quantize_with_plane(x, 32, Spec("median", math.inf, budget))
+    assert t.q2.shape[0] == 0 and not t.has_plane and budget.peak is None
+    t = quantize_with_plane(x, 32, Spec("topk", 0.25, budget))
+    assert t.q2.shape[0] == 4 and (t.slot >= 0).sum() == 4 and budget.peak is None
+
+
+def test_config_budgets_per_call_site_and_device_stats():
+    fb = FallbackConfig(True, "median", 2.5)
+    x = glu_like(128, 256, frac=0.01, seed=13)
+    for _ in range(3):
+        fb.quantize(x, 32, "a")
+        fb.quantize(x[:64], 32, "b")
+    assert set(fb.budgets) == {"a", "b"} and fb.budgets["a"] is not fb.budgets["b"]
+    assert torch.is_tensor(fb.stats["a"])             # no host sync to record it
+    fr = fb.fractions()
+    assert fr["a"] == flagged_fraction(quantize_fallback(x, 32, "median", 2.5)[0]) > 0
+    assert fb.overflows() == 0
+
+
+@pytest.mark.gpu
+def test_budget_reads_the_count_back_without_waiting():
+    """On CUDA the count comes back through pinned memory and an event: after the first (exact)
+    call, the steady state sizes q2 from it, equal to the exact plane, with no host sync."""
+    from fallback import Spec, quantize_with_plane
+    x = glu_like(512, 512, frac=0.005, seed=14).cuda()     # 32 of 256 flagged
+    exact = quantize_with_plane(x, 32, ("median", 2.5))
+    budget = PlaneBudget()
+    quantize_with_plane(x, 32, Spec("median", 2.5, budget))      # exact, counted on the host
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            t = quantize_with_plane(x, 32, Spec("median", 2.5, budget))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert t.q2.shape[0] >= exact.q2.shape[0] and budget.overflows == 0
+    assert torch.equal(dequantize(t), dequantize(exact))

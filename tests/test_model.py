@@ -140,3 +140,37 @@ def test_optimizer_groups_and_config_errors():
         GPTConfig(mlp="relu")
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_fallback_block_step_has_no_host_sync_on_the_gpu(style):
+    """After the first step (whose planes are counted exactly), a fallback block's forward +
+    backward queues its work without waiting on the GPU: the plane budgets size q2 and the
+    flagged fractions stay on the device (torch's sync debug mode raises on a sync). A block,
+    not the GPT: torch's embedding backward syncs on its own."""
+    from fallback import FallbackConfig
+    from model import Block
+    cfg = GPTConfig(block_size=256, n_head=4, n_embd=256, int8=True, fallback=True,
+                    fallback_threshold=1.3, **STYLES[style])   # low: some blocks get flagged
+    torch.manual_seed(0)
+    fb = FallbackConfig(True, cfg.fallback_rule, cfg.fallback_threshold)
+    block = Block(cfg, fb, 0).cuda()
+    x = torch.randn(4, 256, 256, device="cuda", requires_grad=True)
+    dout = torch.randn(4, 256, 256, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = block(x)
+        y.backward(dout)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    fr = fb.fractions()
+    assert len(fr) == 4 and max(fr.values()) > 0 and fb.overflows() == 0
+    assert all(b.capacity(10**6) > 0 for b in fb.budgets.values() if b.peak)
