@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from int8_gemm_mma import GEMM_SRC
-from quantize import QTensor, get_kernel, launch, on_cuda, quantize, second_plane
+from quantize import QTensor, capability, get_kernel, launch, on_cuda, quantize, second_plane
 
 GEMM_OUTS = ("float", "int8", "int8_sr")
 
@@ -162,7 +162,7 @@ KERNELS = ("auto", "mma", "wgmma", "wgmma_exact", "wgmma_pp")
 
 def _auto_kernel(device_index):
     """'wgmma' (int8_gemm_sm90.py) on Hopper (sm_90), 'mma' (this file) elsewhere."""
-    return "wgmma" if torch.cuda.get_device_capability(device_index) == (9, 0) else "mma"
+    return "wgmma" if capability(device_index) == (9, 0) else "mma"
 
 
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
@@ -194,7 +194,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
         raise ValueError("gemm_cuda: the wgmma kernels take one operand's fallback plane, the mma "
                          "kernel none; use gemm(), which sums plane pairs")
     if kernel != "mma":
-        if torch.cuda.get_device_capability(device) != (9, 0):
+        if capability(device.index) != (9, 0):
             raise ValueError(f"gemm_cuda: kernel={kernel!r} needs an sm_90 GPU (H100/H200), got "
                              f"{torch.cuda.get_device_name(device)}")
         if kernel == "wgmma_pp":

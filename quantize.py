@@ -318,8 +318,14 @@ def _cuda_ok():
 
 
 @lru_cache(maxsize=None)
+def capability(device_index):
+    """torch.cuda.get_device_capability, cached (the uncached call costs ~5 us a GEMM)."""
+    return torch.cuda.get_device_capability(device_index)
+
+
+@lru_cache(maxsize=None)
 def _arch_option(device_index):
-    major, minor = torch.cuda.get_device_capability(device_index)
+    major, minor = capability(device_index)
     suffix = "a" if (major, minor) == (9, 0) else ""  # sm_90a unlocks wgmma on Hopper
     return f"-arch=sm_{major}{minor}{suffix}"
 
@@ -356,9 +362,10 @@ def launch(kernel, grid, block, args, shared_mem=0):
     Tensors in args are passed as raw device pointers; give scalars as exact C types
     (np.int32, np.float32: a Python float would be a C double).
     """
-    stream = torch.cuda.current_stream()
+    # torch's current stream as a raw handle (torch.cuda.current_stream() builds a Python
+    # Stream object, ~5 us); the RawKernel's compiled cupy.cuda.Function takes the stream as an
+    # argument (entering `with stream:` instead costs ~13 us a launch, measured on an H100)
+    device_index = torch.cuda.current_device()
+    stream = _cupy_stream(torch._C._cuda_getCurrentRawStream(device_index), device_index)
     c_args = tuple(np.uint64(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args)
-    # the RawKernel's compiled cupy.cuda.Function takes the stream as an argument; entering
-    # `with stream:` instead costs ~13 us a launch (measured, H100)
-    kernel.kernel(grid, block, c_args, shared_mem,
-                  _cupy_stream(stream.cuda_stream, stream.device_index))
+    kernel.kernel(grid, block, c_args, shared_mem, stream)
