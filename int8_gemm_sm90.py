@@ -44,12 +44,17 @@ Two promotions, one K loop each (consume()); _source() picks one per launch:
                                   data), 100x below what int8 rounding of the operands costs.
 The promotion, not the tensor cores, bounds the kernel: at QB = 32 the wgmma work alone runs at
 ~1.3 POPS, but the promotion does not overlap it (notes/gemm_sm90.md), so every instruction per
-element per K-block counts. SASS per element per K-block (consumer loop, QB = 32): exact 2.62
-(I2FP 1, FFMA 1, other 0.62), magic 1.90 with K-groups of 16 (FFMA 1.15, seeding MOV 0.13,
-other 0.62).
+element per K-block counts. Hence the consumers build no address in the K loop: the wgmma
+descriptors are made once and moved by constant or per-stage offsets, the stage's slot and
+phase are carried along (Stage), and the scales come as one vector load of B's. SASS per element
+per K-block (consumer loop, QB = 32, notes/gemm_sm90_build.py --sass): exact 2.31 (I2FP 1,
+FFMA 1, other 0.31), magic 1.58 with K-groups of 16 (FFMA 1.17, seeding MOV 0.13, other 0.28);
+before that 2.62 and 1.90 (other 0.62).
 
-Measured on an H100 (results/bench_gpu.md), against cuBLAS bf16 over the 15 GEMM rows: QB = 32
-magic 0.37-0.78x, exact 0.34-0.63x; QB = 64 magic 0.43-0.97x; QB = 128 0.47-1.07x. Limits: the
+Measured on an H100 (results/bench_gpu.md), against cuBLAS bf16 over the 15 GEMM rows, before
+the descriptor change: QB = 32 magic 0.37-0.78x, exact 0.34-0.63x; QB = 64 magic 0.43-0.97x;
+QB = 128 0.47-1.07x. The descriptor change, A/B on two shapes (notes/gemm_sm90.md, v4): QB = 32
+2-7% faster, QB = 64 1-4%, QB = 128 unchanged; the bench table is not yet re-run. Limits: the
 promotion's issue work at QB = 32 and 64, operand delivery (cp.async, 128 x 128 tiles) at 128.
 """
 from functools import lru_cache
@@ -71,79 +76,148 @@ THREADS = 384                                # producer + 2 consumer warpgroups
 # stage. consume() below, consume_plane (int8_gemm_sm90_plane.py) and the ping-pong consume()
 # (int8_gemm_sm90_pp.py) are built from them.
 SM90_KBLOCK_SRC = r"""
-// acc += float(P) * s_A * s_B for the finished K-block kb held in d.
-__device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], unsigned base,
-                                        int kb, int rb) {
-    fence_operands(d);
-    const float* s = (const float*)__cvta_shared_to_generic(
-        base + SMEM_S + 4 * ((kb / KBS) % STAGES * SCALE_FLOATS));
-    const int j = kb % KBS;
-    const float sa = s[j * RBS + rb];
-    float sab[CBS];
-    #pragma unroll
-    for (int cb = 0; cb < CBS; ++cb) sab[cb] = sa * s[RBS * KBS + j * CBS + cb];
-    #pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = fmaf(__int2float_rn(d[i]), sab[(i / 4) * 8 / QB], acc[i]);
+// A consumer thread's handles on the ring, made once before the K loop: what a K-block needs is
+// one of these plus a compile-time or per-stage offset, so the loop builds no address.
+struct Consumer {
+    unsigned base;                // the ring's shared base (1024-aligned)
+    int wg;                       // consumer warpgroup: rows 64 wg .. 64 wg + 63 of the tile
+    unsigned desc_a, desc_b;      // descriptor low words (desc_lo) of slot 0, K 0: my A rows; B
+    int rb;                       // my row block: every row of the thread lies in it
+};
+// wg and rb must be warp-uniform values the compiler can see as such (__shfl_sync): then the
+// descriptors and scale addresses live in uniform registers, where wgmma reads them (no R2UR).
+__device__ __forceinline__ Consumer make_consumer(unsigned base, int wg, int rb) {
+    return Consumer{base, wg, desc_lo(base + wg * 64 * BK), desc_lo(base + SMEM_B), rb};
 }
 
-// Wait for the stage of K-block kb to land (at its first K-block)
-__device__ __forceinline__ void wait_full(unsigned base, int kb) {
-    const int kt = kb / KBS;
-    if (kb % KBS == 0) {
-        mbar_wait(base + SMEM_BAR + 8 * (kt % STAGES), (kt / STAGES) & 1);
-        fence_proxy_async();
-    }
+// Stage kt of the ring as the consumers see it: its slot and the parity of the phase of its full
+// barrier that they wait for (the producer's stage kt completes phase kt / STAGES of the slot).
+struct Stage {
+    int slot;
+    unsigned parity;
+};
+__device__ __forceinline__ Stage stage_at(int kt) {
+    return Stage{kt % STAGES, (unsigned)(kt / STAGES) & 1};
 }
-// KSTEPS wgmma k32 steps of K-block kb into d, one commit group. The first step overwrites D
-// (scale-d = 0) unless SEEDED: then every step adds to D (the magic-number promotion seeds D).
+__device__ __forceinline__ Stage next_stage(Stage s) {
+    return s.slot == STAGES - 1 ? Stage{0, s.parity ^ 1} : Stage{s.slot + 1, s.parity};
+}
+
+// Wait for stage st to land
+__device__ __forceinline__ void wait_full(const Consumer& cs, Stage st) {
+    mbar_wait(cs.base + SMEM_BAR + 8 * st.slot, st.parity);
+    fence_proxy_async();
+}
+// Hand stage st's slot back to the producer
+__device__ __forceinline__ void release(const Consumer& cs, Stage st) {
+    mbar_arrive(cs.base + SMEM_BAR + 8 * STAGES + 8 * st.slot);
+}
+// KSTEPS wgmma k32 steps of K-block column j of stage st into d, one commit group. Its operands
+// start slot * TILE_BYTES + j * QB + 32 s bytes past slot 0's, so each descriptor is the
+// consumer's plus that >> 4 (desc_lo says why the add cannot carry): with j and s constants, one
+// uniform add per descriptor per step. The first step overwrites D (scale-d = 0) unless SEEDED:
+// then every step adds to D (the magic-number promotion seeds D).
 template <bool SEEDED = false>
-__device__ __forceinline__ void issue_wgmma(int (&d)[NACC], unsigned base, int kb, int wg) {
-    const int j = kb % KBS, slot = kb / KBS % STAGES;
-    const unsigned sA = base + slot * TILE_BYTES + wg * 64 * BK, sB = base + SMEM_B + slot * TILE_BYTES;
+__device__ __forceinline__ void issue_wgmma(int (&d)[NACC], const Consumer& cs, Stage st, int j) {
+    const unsigned off = st.slot * (TILE_BYTES / 16) + j * (QB / 16);
     wgmma_fence();
     #pragma unroll
     for (int s = 0; s < KSTEPS; ++s)
-        wgmma_m64n128k32_s8(d, smem_desc(sA + j * QB + 32 * s), smem_desc(sB + j * QB + 32 * s), SEEDED || s > 0);
+        wgmma_m64n128k32_s8(d, desc_at(cs.desc_a + off + 2 * s), desc_at(cs.desc_b + off + 2 * s),
+                            SEEDED || s > 0);
     wgmma_commit();
 }
-// Issue K-block kb into d once its stage has landed
-template <bool SEEDED = false>
-__device__ __forceinline__ void issue_kblock(int (&d)[NACC], unsigned base, int kb, int wg) {
-    wait_full(base, kb);
-    issue_wgmma<SEEDED>(d, base, kb, wg);
-}
 
-// Promote the finished K-block kb from d; the last K-block of a stage frees its slot.
-__device__ __forceinline__ void finish_kblock(float (&acc)[NACC], int (&d)[NACC], unsigned base,
-                                              int kb, int rb) {
-    promote(acc, d, base, kb, rb);
-    if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
+// c[cb] = s_A[rb] * s_B[cb] of K-block column j of stage st (landed); B's CBS scales of the
+// K-block are adjacent ([KBS][CBS]): one vector load
+__device__ __forceinline__ void scale_products(float (&c)[CBS], const Consumer& cs, Stage st, int j) {
+    const float* s = (const float*)__cvta_shared_to_generic(cs.base + SMEM_S
+                                                            + 4 * st.slot * SCALE_FLOATS);
+    const float sa = s[j * RBS + cs.rb], *pb = s + RBS * KBS + j * CBS;
+    float sb[CBS];
+    if constexpr (CBS == 4) {
+        const float4 v = *(const float4*)pb;
+        sb[0] = v.x, sb[1] = v.y, sb[2] = v.z, sb[3] = v.w;
+    } else if constexpr (CBS == 2) {
+        const float2 v = *(const float2*)pb;
+        sb[0] = v.x, sb[1] = v.y;
+    } else {
+        sb[0] = *pb;
+    }
+    #pragma unroll
+    for (int cb = 0; cb < CBS; ++cb) c[cb] = sa * sb[cb];
+}
+// acc += P * c of the finished K-block in d: P = float(D) (exact), or SEEDED: D holds the bits of
+// the float MAGIC + S, used as it is, and c is the magic promotion's coefficient.
+template <bool SEEDED = false>
+__device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], const float (&c)[CBS]) {
+    fence_operands(d);
+    #pragma unroll
+    for (int i = 0; i < NACC; ++i) {
+        const float x = SEEDED ? __int_as_float(d[i]) : __int2float_rn(d[i]);
+        acc[i] = fmaf(x, c[(i / 4) * 8 / QB], acc[i]);
+    }
+}
+// Wait until at most N wgmma groups are in flight, then promote K-block column j of stage st
+// from d, exactly. (Reading the scales before the wait would hide their latency, but at QB = 32
+// keeps 5 more registers live next to 2 D buffers + acc: ptxas spills.)
+template <int N>
+__device__ __forceinline__ void promote_kblock(float (&acc)[NACC], int (&d)[NACC],
+                                               const Consumer& cs, Stage st, int j) {
+    wgmma_wait<N>();
+    float c[CBS];
+    scale_products(c, cs, st, j);
+    promote(acc, d, c);
+}
+// promote_kblock, and the last K-block column of a stage frees its slot
+template <int N>
+__device__ __forceinline__ void finish_kblock(float (&acc)[NACC], int (&d)[NACC],
+                                              const Consumer& cs, Stage st, int j) {
+    promote_kblock<N>(acc, d, cs, st, j);
+    if (j == KBS - 1) release(cs, st);
+}
+// Issue K-block column j of stage st into d, waiting for the stage to land at its first column
+template <bool SEEDED = false>
+__device__ __forceinline__ void issue_kblock(int (&d)[NACC], const Consumer& cs, Stage st, int j) {
+    if (j == 0) wait_full(cs, st);
+    issue_wgmma<SEEDED>(d, cs, st, j);
+}
+// The G / KBS stages of a consumer group from stage st on: K-block g of the group is column
+// g % KBS of s[g / KBS]. Returns the stage after them.
+__device__ __forceinline__ Stage group_stages(Stage (&s)[G / KBS], Stage st) {
+    #pragma unroll
+    for (int i = 0; i < G / KBS; ++i) {
+        s[i] = st;
+        st = next_stage(st);
+    }
+    return st;
 }
 """
 
 
 # consume(): the consumer warpgroups' K loop; int8_gemm_sm90_pp.py swaps in its ping-pong one
 SM90_CONSUME_SRC = r"""
-// Consumer warpgroup wg (0 or 1): acc = its 64 x 128 slice of the tile. Register i of a thread
-// (warp w of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
+// Consumer warpgroup cs.wg: acc = its 64 x 128 slice of the tile. Register i of a thread (warp w
+// of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
 // per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
 // K-blocks go in groups of G, ping-ponging between D[0] and D[1]; every group ends with no
 // wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
-    const int KB = KT * KBS;                  // KT: plain_stages(), a multiple of G / KBS
+__device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, int KT) {
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    for (int kb = 0; kb < KB; kb += G) {
-        issue_kblock(d[0], base, kb, wg);
+    Stage st{0, 0};
+    for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
+        Stage s[G / KBS];
+        st = group_stages(s, st);
+        issue_kblock(d[0], cs, s[0], 0);
         #pragma unroll
         for (int g = 1; g < G; ++g) {
-            issue_kblock(d[g % 2], base, kb + g, wg);     // g is unrolled: d[g % 2] is static
-            wgmma_wait<1>();                      // K-block kb + g - 1 is done, kb + g runs
-            finish_kblock(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
+            issue_kblock(d[g % 2], cs, s[g / KBS], g % KBS);  // g is unrolled: d[g % 2] is static
+            // K-block g - 1 is done once at most 1 group (g) is in flight
+            finish_kblock<1>(acc, d[(g - 1) % 2], cs, s[(g - 1) / KBS], (g - 1) % KBS);
         }
-        wgmma_wait<0>();
-        finish_kblock(acc, d[(G - 1) % 2], base, kb + G - 1, rb);
+        finish_kblock<0>(acc, d[(G - 1) % 2], cs, s[G / KBS - 1], KBS - 1);
     }
 }
 
@@ -169,75 +243,65 @@ constexpr int MAGIC_BITS = 0x4B400000;       // 12582912.f = 1.5 * 2^23
 constexpr float MAGIC = 12582912.f;
 static_assert(G % 2 == 0 && G / 2 * QB <= 256, "a D buffer may sum at most 256 of K (|S| < 2^22)");
 
-__device__ __forceinline__ void wait_stage(unsigned base, int kb) {
-    const int kt = kb / KBS;
-    mbar_wait(base + SMEM_BAR + 8 * (kt % STAGES), (kt / STAGES) & 1);
-}
-// c[cb] = s_A[rb, kb] * s_B[cb, kb]: the scale products of K-block kb (its stage has landed)
-__device__ __forceinline__ void scale_products(float (&c)[CBS], unsigned base, int kb, int rb) {
-    const float* s = (const float*)__cvta_shared_to_generic(
-        base + SMEM_S + 4 * ((kb / KBS) % STAGES * SCALE_FLOATS));
-    const int j = kb % KBS;
-    const float sa = s[j * RBS + rb];
-    #pragma unroll
-    for (int cb = 0; cb < CBS; ++cb) c[cb] = sa * s[RBS * KBS + j * CBS + cb];
-}
 __device__ __forceinline__ void sub_bias(float (&acc)[NACC], const float (&c)[CBS]) {
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = fmaf(-MAGIC, c[(i / 4) * 8 / QB], acc[i]);
 }
-// acc += (c_kb - c_{kb+2}) * F_kb. c holds c_kb on entry and c_{kb+2} on exit (the next
-// K-block of this buffer, read ahead from its stage); `last`: no next K-block in this group.
-__device__ __forceinline__ void promote_magic(float (&acc)[NACC], int (&d)[NACC], float (&c)[CBS],
-                                              unsigned base, int kb, int rb, bool last) {
-    fence_operands(d);
-    float coef[CBS];
-    if (last) {
-        #pragma unroll
-        for (int cb = 0; cb < CBS; ++cb) coef[cb] = c[cb];
-    } else {
-        if ((kb + 2) % KBS < 2) wait_stage(base, kb + 2);      // kb + 2 starts the next stage
-        float cn[CBS];
-        scale_products(cn, base, kb + 2, rb);
-        #pragma unroll
-        for (int cb = 0; cb < CBS; ++cb) { coef[cb] = c[cb] - cn[cb]; c[cb] = cn[cb]; }
-    }
-    #pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = fmaf(coef[(i / 4) * 8 / QB], __int_as_float(d[i]), acc[i]);
-    if (kb % KBS == KBS - 1) mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * ((kb / KBS) % STAGES));
-}
 
-// Consumer warpgroup wg: as consume() in SM90_CONSUME_SRC (same register layout, groups of G
+// Consumer warpgroup cs.wg: as consume() in SM90_CONSUME_SRC (same register layout, groups of G
 // K-blocks alternating between D[0] and D[1], no wgmma in flight across the loop edge), with the
-// magic-number promotion: buffer b takes K-blocks kb + b, kb + b + 2, ... of the group.
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
-    const int KB = KT * KBS;                  // KT: plain_stages(), a multiple of G / KBS
+// magic-number promotion: buffer b takes K-blocks b, b + 2, ... of the group. Promoting K-block
+// g - 1 needs c of K-block g + 1 (its buffer's next), read ahead: a stage opened by a K-block
+// x >= 2 is waited for there (iteration x - 1), before its first wgmma is issued.
+__device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, int KT) {
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    for (int kb = 0; kb < KB; kb += G) {
-        float c[2][CBS], c1_first[CBS];      // each buffer's next K-block's scale products
+    Stage st{0, 0};
+    for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
+        Stage s[G / KBS];
+        st = group_stages(s, st);
         #pragma unroll
         for (int i = 0; i < NACC; ++i) d[0][i] = d[1][i] = MAGIC_BITS;
         fence_operands(d[0]);                 // seed both buffers here, before any wgmma is in
         fence_operands(d[1]);                 // flight (else ptxas waits on one to seed the other)
-        issue_kblock<true>(d[0], base, kb, wg);
-        scale_products(c[0], base, kb, rb);
+        float c[2][CBS], c1_first[CBS];      // c of each buffer's next K-block to promote
+        wait_full(cs, s[0]);
+        issue_wgmma<true>(d[0], cs, s[0], 0);
+        scale_products(c[0], cs, s[0], 0);
         sub_bias(acc, c[0]);                  // buffer 0's bias, before any of its terms
         #pragma unroll
         for (int g = 1; g < G; ++g) {
-            issue_kblock<true>(d[g % 2], base, kb + g, wg);
+            if (KBS == 1 && g == 1) wait_full(cs, s[1]);  // K-block 1 opens a stage: not read ahead
+            issue_wgmma<true>(d[g % 2], cs, s[g / KBS], g % KBS);
             if (g == 1) {
-                scale_products(c[1], base, kb + 1, rb);
+                scale_products(c[1], cs, s[1 / KBS], 1 % KBS);
                 #pragma unroll
                 for (int cb = 0; cb < CBS; ++cb) c1_first[cb] = c[1][cb];
             }
-            wgmma_wait<1>();                  // K-block kb + g - 1 is done, kb + g runs
-            promote_magic(acc, d[(g - 1) % 2], c[(g - 1) % 2], base, kb + g - 1, rb, g + 1 >= G);
-            if (g == G - 1) sub_bias(acc, c1_first);   // buffer 1's bias, before its last term
+            // K-block g - 1: coef = c - c of g + 1, or c when g + 1 is past the group's end
+            float coef[CBS];
+            if (g + 1 < G) {
+                if ((g + 1) % KBS == 0) wait_full(cs, s[(g + 1) / KBS]);   // g + 1 opens it
+                float cn[CBS];
+                scale_products(cn, cs, s[(g + 1) / KBS], (g + 1) % KBS);
+                #pragma unroll
+                for (int cb = 0; cb < CBS; ++cb) {
+                    coef[cb] = c[(g - 1) % 2][cb] - cn[cb];
+                    c[(g - 1) % 2][cb] = cn[cb];
+                }
+            } else {
+                #pragma unroll
+                for (int cb = 0; cb < CBS; ++cb) coef[cb] = c[(g - 1) % 2][cb];
+            }
+            wgmma_wait<1>();                  // K-block g - 1 is done, g runs
+            promote<true>(acc, d[(g - 1) % 2], coef);
+            if ((g - 1) % KBS == KBS - 1) release(cs, s[(g - 1) / KBS]);
+            if (g == G - 1) sub_bias(acc, c1_first);    // buffer 1's bias, before its last term
         }
         wgmma_wait<0>();
-        promote_magic(acc, d[(G - 1) % 2], c[(G - 1) % 2], base, kb + G - 1, rb, true);
+        promote<true>(acc, d[(G - 1) % 2], c[(G - 1) % 2]);
+        release(cs, s[G / KBS - 1]);
     }
 }
 
@@ -266,14 +330,16 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
         return;
     }
     setmaxnreg_inc<232>();
-    const int ct = threadIdx.x - 128, wg = ct / 128, warp = (ct % 128) / 32, lane = ct % 32;
+    // the consumer warp (0-7) from lane 0: the compiler then sees wg, warp and rb warp-uniform
+    const int ct = threadIdx.x - 128, cw = __shfl_sync(0xffffffffu, ct / 32, 0), lane = ct % 32;
+    const int wg = cw / 4, warp = cw % 4;
     const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
+    const Consumer cs = make_consumer(base, wg, rb);
     float acc[NACC];
     const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
-    consume(acc, base, KT0, wg, rb);
-    if (pl.halves == 2)
-        consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, base, KT0, KT, wg * KBS / 2, wg, rb);
-    else consume_plane<KBS>(acc, base, KT0, KT, 0, wg, rb);
+    consume(acc, cs, KT0);
+    if (pl.halves == 2) consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, KT0, KT, wg * KBS / 2);
+    else consume_plane<KBS>(acc, cs, KT0, KT, 0);
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
         #pragma unroll

@@ -92,28 +92,26 @@ __device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2,
 }
 """
 
-# consume_plane: after the K-block steps (promote, issue_wgmma: int8_gemm_sm90.py)
+# consume_plane: after the K-block steps (issue_wgmma, promote_kblock: int8_gemm_sm90.py)
 CONSUME_PLANE_SRC = r"""
 // The plane's stages kt0 .. KT-1 (after consume()'s loop over the plain ones): per stage, this
 // warpgroup's N K-block columns from j0 (all KBS, or its half's KBS / 2), D[0] / D[1]
 // alternating, the exact promotion; the stage is freed after its last.
 template <int N>
-__device__ __forceinline__ void consume_plane(float (&acc)[NACC], unsigned base, int kt0, int KT,
-                                              int j0, int wg, int rb) {
+__device__ __forceinline__ void consume_plane(float (&acc)[NACC], const Consumer& cs, int kt0,
+                                              int KT, int j0) {
     int d[2][NACC];
-    for (int kt = kt0; kt < KT; ++kt) {
-        const int kb = kt * KBS + j0;
-        wait_full(base, kt * KBS);
-        issue_wgmma(d[0], base, kb, wg);
+    Stage st = stage_at(kt0);
+    for (int kt = kt0; kt < KT; ++kt, st = next_stage(st)) {
+        wait_full(cs, st);
+        issue_wgmma(d[0], cs, st, j0);
         #pragma unroll
         for (int g = 1; g < N; ++g) {
-            issue_wgmma(d[g % 2], base, kb + g, wg);
-            wgmma_wait<1>();
-            promote(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
+            issue_wgmma(d[g % 2], cs, st, j0 + g);
+            promote_kblock<1>(acc, d[(g - 1) % 2], cs, st, j0 + g - 1);
         }
-        wgmma_wait<0>();
-        promote(acc, d[(N - 1) % 2], base, kb + N - 1, rb);
-        mbar_arrive(base + SMEM_BAR + 8 * STAGES + 8 * (kt % STAGES));
+        promote_kblock<0>(acc, d[(N - 1) % 2], cs, st, j0 + N - 1);
+        release(cs, st);
     }
 }
 

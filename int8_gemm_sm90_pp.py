@@ -50,25 +50,25 @@ __device__ __forceinline__ void named_bar_arrive(int id) {    // count this WG's
 // K-blocks in groups of G, D[0] / D[1] alternating; each issue waits for this warpgroup's turn
 // and then hands the turn to the other warpgroup, whose wgmma then queues behind ours while we
 // promote the K-block before.
-__device__ __forceinline__ void consume(float (&acc)[NACC], unsigned base, int KT, int wg, int rb) {
-    const int KB = KT * KBS;                  // KT: tile_stages(), a multiple of G / KBS
+__device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, int KT) {
+    const int KB = KT * KBS, wg = cs.wg;     // KT: plain_stages(), a multiple of G / KBS
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     if (wg == 1) named_bar_arrive(TURN0);                // WG0 takes the first turn
+    Stage st{0, 0};
     for (int kb = 0; kb < KB; kb += G) {
+        Stage s[G / KBS];
+        st = group_stages(s, st);
         #pragma unroll
         for (int g = 0; g < G; ++g) {
             named_bar_sync(TURN0 + wg);                  // the other WG has issued kb + g - 1
-            issue_kblock(d[g % 2], base, kb + g, wg);   // g is unrolled: d[g % 2] is static
+            issue_kblock(d[g % 2], cs, s[g / KBS], g % KBS);   // g is unrolled: d[g % 2] is static
             if (wg == 0 || kb + g + 1 < KB) named_bar_arrive(TURN0 + 1 - wg);   // its turn
-            if (g > 0) {
-                wgmma_wait<1>();                         // K-block kb + g - 1 is done
-                finish_kblock(acc, d[(g - 1) % 2], base, kb + g - 1, rb);
-            }
+            if (g > 0)                                   // K-block kb + g - 1 is done
+                finish_kblock<1>(acc, d[(g - 1) % 2], cs, s[(g - 1) / KBS], (g - 1) % KBS);
         }
-        wgmma_wait<0>();
-        finish_kblock(acc, d[(G - 1) % 2], base, kb + G - 1, rb);
+        finish_kblock<0>(acc, d[(G - 1) % 2], cs, s[G / KBS - 1], KBS - 1);
     }
 }
 """

@@ -11,7 +11,7 @@ Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle a
 
 A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
 K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored as
-TMA's SWIZZLE_128B would store it (the comment above smem_desc), written by hand: cp.async does
+TMA's SWIZZLE_128B would store it (the comment above desc_lo), written by hand: cp.async does
 not swizzle. In all: 165,648 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of the 227 KB an H100
 CTA may use.
 
@@ -19,7 +19,7 @@ PTX wrappers (SM90_PTX_SRC): cp.async of 16 and 4 bytes (src-size 0 writes zeros
 init / arrive / try_wait, cp.async.mbarrier.arrive (an arrival once this thread's copies have
 landed), fence.proxy.async (cp.async writes through the generic proxy, wgmma reads through the
 async one), wgmma fence / commit / wait, a compiler fence on D (fence_operands), setmaxnreg,
-the consumers' named barrier, and the wgmma descriptor (smem_desc). The wgmma itself is
+the consumers' named barrier, and the wgmma descriptor (desc_lo, desc_at). The wgmma itself is
 generated (_wgmma_wrapper): inline asm takes no arrays.
 
 The producer (warpgroup 0, 128 threads, setmaxnreg 40) runs the stages in order: wait, once the
@@ -140,8 +140,16 @@ __device__ __forceinline__ void consumer_sync() {      // named barrier 1: the 2
 //   bits 32-45  stride byte offset >> 4: from one 8-row group to the next = 1024 B -> 64
 //   bits 49-51  base offset: 0 (atoms are 1024-aligned)
 //   bits 62-63  swizzle mode: 1 = 128 B
-__device__ __forceinline__ unsigned long long smem_desc(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+// Only the low word depends on the address, so the consumers build it once (desc_lo) and move
+// it by adding bytes >> 4 (desc_at). That add never carries out of bits 0-13: a shared::cta
+// address is below 228 KB < 2^18 on sm_90 (the whole shared memory of an SM), so the address
+// it lands on, itself inside the ring, still has addr >> 4 < 2^14.
+constexpr unsigned DESC_HI = 64u | (1u << 30);         // bits 32-63: stride 1024 B, 128 B swizzle
+__device__ __forceinline__ unsigned desc_lo(unsigned addr) {
+    return ((addr & 0x3FFFF) >> 4) | (1u << 16);
+}
+__device__ __forceinline__ unsigned long long desc_at(unsigned lo) {
+    return (unsigned long long)DESC_HI << 32 | lo;
 }
 """
 
