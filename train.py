@@ -404,8 +404,8 @@ def main(argv=None):
                     overflows = raw_model.fb.overflows()  # see fallback.PlaneBudget
                     if overflows > fb_overflows:
                         print0(f'iter {iter_num}: {overflows - fb_overflows} fallback planes '
-                               f'overflowed their budget since the last log (their lowest-scoring '
-                               f'flagged blocks stayed plain int8); the budgets have grown')
+                               f'overflowed their budget since the last log (their flagged blocks '
+                               f'past it stayed plain int8); the budgets have grown')
                         entry['fallback_overflows'] = overflows - fb_overflows
                         fb_overflows = overflows
                 log(**entry)
