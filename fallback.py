@@ -334,9 +334,8 @@ def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THR
 
 
 def flagged_count(t):
-    """Flagged blocks of t that carry a second plane, as a 0-d device tensor (no sync)."""
-    if not t.has_fallback:
-        return torch.zeros((), dtype=torch.int64, device=t.q.device)
+    """Flagged blocks of t (which has a fallback plane) that carry a second plane, as a 0-d
+    device tensor (no sync)."""
     return (t.slot >= 0).sum()
 
 

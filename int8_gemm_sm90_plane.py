@@ -190,7 +190,8 @@ def _halves(t, on_a):
     plane on A (the halves split A's rows) and whole blocks in a half (QB <= 64); measured
     (notes/gemm_sm90.md, uniform flags) it pays only at QB = 32 with few blocks flagged (1-5%:
     1-2.5 points less overhead) and costs at 20% and more (more, emptier stages) and at QB = 64.
-    n_flagged is known on the host: no sync."""
+    q2's size is known on the host (the flagged count, or a plane budget's capacity, at least
+    that): no sync."""
     few = t.q2.shape[0] <= 0.1 * t.slot.numel()
     return 2 if SPLIT_HALVES and on_a and t.qblock == 32 and few else 1
 

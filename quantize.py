@@ -86,7 +86,8 @@ class QTensor:
 
     @property
     def has_plane(self):
-        """A second plane with at least one flagged block (has_fallback may flag none)."""
+        """A second plane with room for at least one flagged block (has_fallback may have none;
+        a PlaneBudget's plane may have spare slots: slot says which blocks use it)."""
         return self.slot is not None and self.q2.shape[0] > 0
 
     def t(self):
