@@ -277,9 +277,9 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
     absmax of random data: flags spread uniformly, the worst case for the kernel's 128 x 128
     stage granularity); stages: the fraction of (128-row tile, 128-K stage) pairs that run again.
     GPU time of the kernels (bench.kernel_ms on CUDA), the fallback's extra work included (the
-    dense plane and the stage list), the quantizer not. 0% flagged: no plane, so gemm() runs the
-    plain default kernel (the magic promotion on Hopper); the fallback kernel is the exact one,
-    hence the baseline plain_exact_ms."""
+    K-block lists), the quantizer not. 0% flagged: no plane, so gemm() runs the plain default
+    kernel (the magic promotion on Hopper); the fallback kernel is the exact one, hence the
+    baseline plain_exact_ms. Then plane_rows: what building the plane costs the quantizer."""
     from fallback import quantize_fallback
     from int8_gemm import gemm, gemm_cuda
     from int8_gemm_sm90_plane import flagged_stages
@@ -305,6 +305,39 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
             rows.append(dict(op="fallback gemm fwd, int8 out", mkn=f"{M}x{K}x{N}", QB=qblock,
                              flagged=flagged, stages=stages, plain_exact_ms=t_plain,
                              fallback_ms=ms, overhead=ms / t_plain - 1))
+    for M, K, _ in shapes:
+        rows += plane_rows(device, M, K, qblock)
+    return rows
+
+
+def plane_rows(device, M, K, qblock):
+    """Quantizing an activation with its fallback plane ('median' 2.5, a warm PlaneBudget, GLU-like
+    data: ~2% of blocks flagged) against plain quantize: wall time per call (host included) and
+    GPU time, on the CUDA kernels (fallback_cuda.py) and on the torch path they replace."""
+    from fallback import PlaneBudget, Spec, gathered_blocks, plane_with_flags, quantize_with_plane
+    from fallback import scale_flags
+    from quantize import pad_2d
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(M, K, device=device, generator=g)
+    spikes = torch.rand(M, K, device=device, generator=g) < 0.02 / qblock ** 2
+    x = torch.where(spikes, 300 * x, x)
+    spec = Spec("median", 2.5, PlaneBudget())
+
+    def torch_path():
+        t = quantize(x, qblock)
+        return plane_with_flags(t, scale_flags(t.s), gathered_blocks(pad_2d(x, qblock), qblock),
+                                spec)
+    cases = [("plain quantize", lambda: quantize(x, qblock)),
+             ("quantize + plane, kernels", lambda: quantize_with_plane(x, qblock, spec)),
+             ("quantize + plane, torch ops", torch_path)]
+    rows = []
+    for name, fn in cases:
+        t = fn()
+        flagged = (t.slot >= 0).float().mean().item() if t.has_fallback else None
+        ms = timeit(fn, warmup=5, reps=50)
+        gpu = kernel_ms(fn) if device.type == "cuda" else None
+        rows.append(dict(op=name, mkn=f"{M}x{K}", QB=qblock, flagged=flagged, wall_ms=ms,
+                         gpu_ms=gpu))
     return rows
 
 

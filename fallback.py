@@ -45,7 +45,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, check_finite, check_float,
-                      dequantize, pad_2d, quantize)
+                      dequantize, on_cuda, pad_2d, quantize)
 
 RULES = ("crest", "median", "topk")
 DEFAULT_RULE = "median"
@@ -139,10 +139,7 @@ def add_second_plane(t, flags, blocks_of, capacity=None):
     n, dev = flags.numel(), t.q.device
     f = flags.view(-1)
     if capacity == 0:                                  # nothing can be flagged, or no room
-        t.q2 = torch.empty((0, QB, QB), dtype=torch.int8, device=dev)
-        t.s2 = torch.empty((0,), dtype=torch.float32, device=dev)
-        t.slot = torch.full(flags.shape, -1, dtype=torch.int32, device=dev)
-        return t
+        return empty_plane(t)
     if capacity is None:
         idx = f.nonzero().squeeze(1)                   # the host sync: n_flagged sizes q2
         used = None
@@ -168,6 +165,15 @@ def add_second_plane(t, flags, blocks_of, capacity=None):
     slot = torch.full((n + 1,), -1, dtype=torch.int32, device=dev)   # [n]: the spares' dump
     slot[idx] = k if used is None else torch.where(used, k, -1)
     t.slot = slot[:n].view(flags.shape)
+    return t
+
+
+def empty_plane(t):
+    """Give t a second plane with no room: every block plain (exactly plain int8)."""
+    QB, dev = t.qblock, t.q.device
+    t.q2 = torch.empty((0, QB, QB), dtype=torch.int8, device=dev)
+    t.s2 = torch.empty((0,), dtype=torch.float32, device=dev)
+    t.slot = torch.full(t.s.shape, -1, dtype=torch.int32, device=dev)
     return t
 
 
@@ -235,8 +241,9 @@ class PlaneBudget:
             self._update(int(count), capacity)
             return
         self._read()                                   # (a count still unread: the last call's)
-        if self._readback is None:
-            self._readback = (torch.empty((), dtype=torch.int64, pin_memory=True),
+        if self._readback is None or self._readback[0].dtype != count.dtype:
+            # (the host copy has the count's dtype: a converting copy would not be async)
+            self._readback = (torch.empty((), dtype=count.dtype, pin_memory=True),
                               torch.cuda.Event())
         host, event = self._readback
         host.copy_(count, non_blocking=True)
@@ -271,29 +278,70 @@ class Spec(NamedTuple):
     budget: Optional[PlaneBudget] = None
 
 
-def plane_with_flags(t, flags, blocks_of, spec):
-    """add_second_plane with q2 sized without a host sync where the host knows enough: nothing
-    can be flagged (threshold = inf: an empty plane, so exactly plain int8), 'topk' (at most its
-    k), or the call site has a PlaneBudget; otherwise counted exactly."""
+def plane_capacity(spec, n_blocks):
+    """q2's size for a tensor of n_blocks blocks, known on the host where that needs no sync:
+    0 when nothing can be flagged (threshold = inf: exactly plain int8), 'topk''s k, the call
+    site's PlaneBudget; None otherwise (count exactly: one host sync)."""
     rule, threshold, budget = Spec(*spec)
     if rule != "topk" and math.isinf(threshold):
-        capacity = 0
-    elif rule == "topk":
-        capacity = topk_count(threshold, flags.numel())
-    elif budget is not None:
-        capacity = budget.capacity(flags.numel())
-    else:
-        capacity = None
+        return 0
+    if rule == "topk":
+        return topk_count(threshold, n_blocks)
+    return budget.capacity(n_blocks) if budget is not None else None
+
+
+def _budgeted(spec):
+    """The PlaneBudget that learns from this call's flag count, or None."""
+    rule, threshold, budget = Spec(*spec)
+    return budget if rule != "topk" and not math.isinf(threshold) else None
+
+
+def plane_with_flags(t, flags, blocks_of, spec):
+    """add_second_plane with q2 sized by plane_capacity (no host sync where it can)."""
+    capacity = plane_capacity(spec, flags.numel())
     add_second_plane(t, flags, blocks_of, capacity)
-    if budget is not None and rule != "topk" and not math.isinf(threshold):
+    budget = _budgeted(spec)
+    if budget is not None:
         budget.observe(t.q2.shape[0] if capacity is None else flags.sum(), capacity)
     return t
 
 
-def attach_plane(t, fallback, blocks_of):
+def plane_from_source(t, spec, source, **tensors):
+    """The second plane of a CUDA kernel's int8 output t built by fallback_cuda.py's kernels,
+    no torch op in between: flags and slots from t's scales (plane_select), the flagged blocks'
+    float values recomputed from the op's inputs `tensors` by `source` and their residual
+    quantized (plane_residual). The same plane as plane_with_flags(t, scale_flags(...)) where
+    the values are the same (source 'copy' of quantize_with_plane). t.flagged keeps the device
+    counts (flagged, with a slot) for FallbackConfig.record."""
+    from fallback_cuda import residual_cuda, select_cuda
+    rule, threshold, _ = Spec(*spec)
+    capacity = plane_capacity(spec, t.s.numel())
+    if capacity == 0 and _budgeted(spec) is None:
+        return empty_plane(t)
+    slot, idx, counts = select_cuda(t.s, rule, threshold, capacity)
+    if capacity is None:
+        idx = idx[:int(counts[0])]                 # the host sync of an exact count
+    t.q2, t.s2 = residual_cuda(t, idx, source, **tensors)
+    t.slot, t.flagged = slot, counts
+    budget = _budgeted(spec)
+    if budget is not None:
+        budget.observe(idx.numel() if capacity is None else counts[0], capacity)
+    return t
+
+
+def on_kernels(t, spec):
+    """True when t's plane can be built by plane_from_source: a CUDA tensor, a rule read off
+    the scales."""
+    return spec[0] != "crest" and on_cuda(t.q)
+
+
+def attach_plane(t, fallback, blocks_of, source=None, **tensors):
     """How an op gives its plain int8 output t (from a kernel) the fallback plane: flags from
-    t's scales ('median', 'topk'), and the float values of the flagged blocks alone from
-    blocks_of, which the op recomputes from its inputs. Returns t."""
+    t's scales ('median', 'topk'), and the float values of the flagged blocks alone, which the
+    op recomputes from its inputs: on CUDA by the residual kernel's `source` from `tensors`
+    (plane_from_source), else by blocks_of (torch). Returns t."""
+    if source is not None and on_kernels(t, fallback):
+        return plane_from_source(t, fallback, source, **tensors)
     rule, threshold, _ = Spec(*fallback)
     flags = flags_from_scores(scale_scores(t.s, rule), rule, threshold)
     return plane_with_flags(t, flags, blocks_of, fallback)
@@ -313,6 +361,10 @@ def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None):
     if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
         check_finite(x)
     t = quantize(x, qblock, stochastic, generator)
+    if on_kernels(t, fallback):
+        x2 = as_2d(x)
+        x2 = x2 if x2.dtype in (torch.float32, torch.bfloat16) else x2.float()
+        return plane_from_source(t, fallback, "copy", x=x2.contiguous())
     xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
     if rule == "crest":
         scores = outlier_scores(xp.float(), qblock, rule, logical=(t.rows, t.cols))
@@ -387,9 +439,12 @@ class FallbackConfig:
         return Spec(self.rule, self.threshold, self.budgets[name])
 
     def record(self, name, t):
-        """Log the flagged fraction of an activation that an op quantized with a spec."""
+        """Log the flagged fraction of an activation that an op quantized with a spec: its
+        blocks with a second plane (the kernels' count when they built it), of all blocks."""
         if self.enabled:
-            self.stats[name] = (flagged_count(t) / t.slot.numel() if t.has_plane else 0.0)
+            count = (t.flagged[1] if t.flagged is not None else
+                     flagged_count(t) if t.has_plane else 0)
+            self.stats[name] = (count, t.s.numel())
 
     def quantize(self, x, qblock, name, stochastic=False):
         """Quantize an activation, with a second plane for outlier blocks when enabled."""
@@ -403,10 +458,10 @@ class FallbackConfig:
         """The last forward's flagged fractions as floats: one host sync for all of them."""
         if not self.stats:
             return {}
-        dev = next((v.device for v in self.stats.values() if torch.is_tensor(v)), "cpu")
-        vals = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=dev)
-                            for v in self.stats.values()])
-        return dict(zip(self.stats, vals.tolist()))
+        dev = next((c.device for c, _ in self.stats.values() if torch.is_tensor(c)), "cpu")
+        counts = torch.stack([torch.as_tensor(c, dtype=torch.int32, device=dev)
+                              for c, _ in self.stats.values()]).tolist()
+        return {name: c / n for (name, (_, n)), c in zip(self.stats.items(), counts)}
 
     def state_dict(self):
         """The budgets, for a checkpoint (per process: each rank flags its own data)."""

@@ -170,7 +170,8 @@ def gelu_fwd(h_q, fallback=None):
         g_q = gelu_fwd_cuda(h_q)
         if fallback is not None:
             h_blocks = dequantized_blocks(h_q)
-            attach_plane(g_q, fallback, lambda bi, bj: gelu_tanh(h_blocks(bi, bj)))
+            attach_plane(g_q, fallback, lambda bi, bj: gelu_tanh(h_blocks(bi, bj)),
+                         "gelu", x=h_q.q, xs=h_q.s)
         return g_q
     return gelu_fwd_ref(h_q, fallback)
 
@@ -191,7 +192,7 @@ def swiglu_fwd(h_q, fallback=None):
         if fallback is not None:           # output block (i, j): gate block (i, j), up (i, j + Hb)
             h_blocks, Hb = dequantized_blocks(h_q), H // h_q.qblock
             attach_plane(g_q, fallback, lambda bi, bj: torch.nn.functional.silu(
-                h_blocks(bi, bj)) * h_blocks(bi, bj + Hb))
+                h_blocks(bi, bj)) * h_blocks(bi, bj + Hb), "swiglu", x=h_q.q, xs=h_q.s)
         return g_q
     return swiglu_fwd_ref(h_q, fallback)
 

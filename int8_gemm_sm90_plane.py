@@ -205,6 +205,7 @@ def plane_args(a, b):
         return (np.uint64(0),) * 5 + (np.int32(0),) * 3
     slot, q2, s2 = _plane(t)
     halves = _halves(t, t is a)
-    listed, count, slots, scales = plane_lists(slot, s2, t.qblock, halves)
+    from fallback_cuda import plane_lists_cuda       # plane_lists in one kernel
+    listed, count, slots, scales = plane_lists_cuda(slot, s2, t.qblock, halves)
     return (q2, listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
             np.int32(t is not a))

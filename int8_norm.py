@@ -201,11 +201,16 @@ def _norm_fwd(x, weight, bias, qblock, eps, layernorm, fallback):
     check_float(x, "x")
     from int8_norm_cuda import norm_fwd_cuda
     x = x.float().contiguous()
-    out = norm_fwd_cuda(x, weight.float().contiguous(),
-                        None if bias is None else bias.float().contiguous(), qblock, eps,
-                        layernorm)
+    w = weight.float().contiguous()
+    b = None if bias is None else bias.float().contiguous()
+    out = norm_fwd_cuda(x, w, b, qblock, eps, layernorm)
     if fallback is not None:
-        attach_plane(out[0], fallback, norm_blocks(x, weight, bias, out[2], qblock, layernorm))
+        x2 = as_2d(x)
+        mean = x2.mean(dim=1) if layernorm else None          # the residual kernel's LayerNorm
+        attach_plane(out[0], fallback,                       # (blocks_of: the torch path's)
+                     lambda bi, bj: norm_blocks(x, w, b, out[2], qblock, layernorm)(bi, bj),
+                     "layernorm" if layernorm else "rmsnorm", x=x2, mean=mean, rstd=out[2],
+                     w=w, b=b)
     return out
 
 

@@ -59,6 +59,8 @@ class QTensor:
     slot:  (R/QB, C/QB) int32, -1 for a plain block, else an index into q2 / s2
     q2:    (n_flagged, QB, QB) int8, the residual x - q*s of each flagged block, quantized
     s2:    (n_flagged,) fp32 scale of each residual block
+    flagged: (2,) int32 on the device when fallback_cuda.py's kernels built the plane: the
+           flagged blocks and those of them in q2 (the log reads it without another pass)
     """
     q: torch.Tensor
     s: torch.Tensor
@@ -67,6 +69,7 @@ class QTensor:
     slot: Optional[torch.Tensor] = None
     q2: Optional[torch.Tensor] = None
     s2: Optional[torch.Tensor] = None
+    flagged: Optional[torch.Tensor] = None
 
     @property
     def rows(self):  # logical rows of the 2-D view
