@@ -224,6 +224,7 @@ class PlaneBudget:
         self.dropped = dropped      # flagged blocks those calls left in plain int8
         self._readback = None       # (pinned host int64, CUDA event), made at the first count
         self._waiting = None        # (capacity,) of the count in flight, None when none is
+        self.waits = 0              # reads that had to wait for the GPU (a diagnostic)
 
     def capacity(self, n_blocks):
         """q2's size for a tensor of n_blocks blocks, or None: count exactly (one sync)."""
@@ -258,6 +259,7 @@ class PlaneBudget:
         if self._waiting is not None:
             host, event = self._readback
             if not event.query():                      # not landed yet (rare): wait for it
+                self.waits += 1
                 event.synchronize()
             self._update(int(host), *self._waiting)
             self._waiting = None

@@ -545,9 +545,8 @@ def select_cuda(s, rule, threshold, capacity):
     dev = s.device
     if not s.is_contiguous() or s.data_ptr() % 16:
         s = s.clone(memory_format=torch.contiguous_format)
-    slot = torch.empty(s.shape, dtype=torch.int32, device=dev)
-    idx = torch.empty((max(cap, 1),), dtype=torch.int32, device=dev)
-    counts = torch.empty((2,), dtype=torch.int32, device=dev)
+    buf = torch.empty((n + cap + 2,), dtype=torch.int32, device=dev)   # one allocation:
+    slot, idx, counts = buf[:n].view(s.shape), buf[n:n + cap], buf[n + cap:]  # (host time)
     hist = _histogram(dev)
     per_cta = HIST_THREADS * 16
     launch(get_kernel(HIST_SRC, "scale_histogram_kernel", (), dev), (-(-n // per_cta),),
@@ -556,7 +555,7 @@ def select_cuda(s, rule, threshold, capacity):
     launch(get_kernel(SELECT_SRC, "plane_select_kernel", (), dev), (1,), (SELECT_THREADS,),
            (s, np.int32(n), np.int32(RULE_IDS[rule]), thr, np.int32(k), np.int32(cap), hist,
             slot, idx, counts))
-    return slot, idx[:cap], counts
+    return slot, idx, counts
 
 
 def residual_cuda(t, idx, source, x=None, xs=None, mean=None, rstd=None, w=None, b=None):

@@ -56,8 +56,15 @@ def main():
         t0 = time.perf_counter()
         for _ in range(5):
             step()
+        host = (time.perf_counter() - t0) / 5 * 1e3        # queued, not yet run
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / 5 * 1e3
+        waits = sum(b.waits for b in model.fb.budgets.values())
+        t0 = time.perf_counter()
+        for _ in range(5):
+            step()
+            torch.cuda.synchronize()                       # as train.py's loss read does
+        synced = (time.perf_counter() - t0) / 5 * 1e3
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -78,8 +85,9 @@ def main():
                        if e.key in ("cuLaunchKernel", "cudaLaunchKernel", "cuLaunchKernelEx",
                                     "cudaLaunchKernelExC")) / 5
         print(f"## {args.style} L={args.n_layer} C={args.n_embd} B={B} T={T} {mode}: wall "
-              f"{wall:.1f} ms/step, GPU kernels {gpu:.1f} ms/step, {launches:.0f} launches/step, "
-              f"{len(syncs)} host syncs/step", flush=True)
+              f"{wall:.1f} ms/step ({synced:.1f} with a sync a step; host done queueing after "
+              f"{host:.1f}), GPU kernels {gpu:.1f} ms/step, {launches:.0f} launches/step, "
+              f"{len(syncs)} host syncs/step, {waits} plane-budget waits in 5 steps", flush=True)
         for s in sorted(set(syncs)):
             print(f"   sync: {s}")
         if args.table:
