@@ -38,6 +38,10 @@ The second plane is stored compactly, in proportion to the flagged fraction (QTe
     slot (R/QB, C/QB) int32    -1 for a plain block, else the block's index in q2 / s2
     q2   (n_flagged, QB, QB)   int8 residual blocks
     s2   (n_flagged,)          fp32 residual scales
+
+On CUDA three kernels build the plane (fallback_cuda.py, through plane_from_source: the median,
+flags and slots from the scale grid, then the residual of the flagged blocks recomputed from
+the op's inputs); the torch functions here are the reference, and the path on the CPU.
 """
 import math
 from typing import NamedTuple, Optional
