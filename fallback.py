@@ -39,7 +39,7 @@ The second plane is stored compactly, in proportion to the flagged fraction (QTe
     q2   (n_flagged, QB, QB)   int8 residual blocks
     s2   (n_flagged,)          fp32 residual scales
 
-On CUDA three kernels build the plane (fallback_cuda.py, through plane_from_source: the median,
+On CUDA fallback_cuda.py's kernels build the plane (through plane_from_source: the median,
 flags and slots from the scale grid, then the residual of the flagged blocks recomputed from
 the op's inputs); the torch functions here are the reference, and the path on the CPU.
 """
@@ -114,9 +114,14 @@ def flags_from_scores(scores, rule, threshold):
         if k > 0:
             flags.view(-1)[scores.view(-1).topk(k).indices] = True
         return flags & (scores > 0)
-    if threshold < 0:
-        raise ValueError(f"fallback threshold must be >= 0, got {threshold}")
+    check_threshold(threshold)
     return scores > threshold
+
+
+def check_threshold(threshold):
+    """The 'crest' and 'median' thresholds: a score, >= 0 (inf flags nothing)."""
+    if not threshold >= 0:
+        raise ValueError(f"fallback threshold must be >= 0, got {threshold}")
 
 
 def topk_count(fraction, n_blocks):
@@ -321,15 +326,14 @@ def plane_from_source(t, spec, source, **tensors):
     counts (flagged, with a slot) for FallbackConfig.record."""
     from fallback_cuda import residual_cuda, select_cuda
     rule, threshold, _ = Spec(*spec)
-    capacity = plane_capacity(spec, t.s.numel())
-    if capacity == 0 and _budgeted(spec) is None:
+    capacity, budget = plane_capacity(spec, t.s.numel()), _budgeted(spec)
+    if capacity == 0 and budget is None:
         return empty_plane(t)
     slot, idx, counts = select_cuda(t.s, rule, threshold, capacity)
     if capacity is None:
         idx = idx[:int(counts[0])]                 # the host sync of an exact count
     t.q2, t.s2 = residual_cuda(t, idx, source, **tensors)
     t.slot, t.flagged = slot, counts
-    budget = _budgeted(spec)
     if budget is not None:
         budget.observe(idx.numel() if capacity is None else counts[0], capacity)
     return t
@@ -366,11 +370,11 @@ def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None):
     check_float(x)
     if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
         check_finite(x)
+    if x.is_cuda and x.dtype not in (torch.float32, torch.bfloat16):
+        x = x.float()          # (once, for the quantize and the residual kernels alike)
     t = quantize(x, qblock, stochastic, generator)
     if on_kernels(t, fallback):
-        x2 = as_2d(x)
-        x2 = x2 if x2.dtype in (torch.float32, torch.bfloat16) else x2.float()
-        return plane_from_source(t, fallback, "copy", x=x2.contiguous())
+        return plane_from_source(t, fallback, "copy", x=as_2d(x).contiguous())
     xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
     if rule == "crest":
         scores = outlier_scores(xp.float(), qblock, rule, logical=(t.rows, t.cols))

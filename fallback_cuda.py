@@ -41,6 +41,8 @@ import math
 import numpy as np
 import torch
 
+from fallback import check_threshold, topk_count
+from int8_gemm_sm90_ring import TILE
 from quantize import get_kernel, launch
 
 SELECT_THREADS = 1024
@@ -545,10 +547,9 @@ def select_cuda(s, rule, threshold, capacity):
     cap = n if capacity is None else capacity
     k = 0
     if rule == "topk":
-        from fallback import topk_count
         k = topk_count(threshold, n)
-    elif not threshold >= 0:
-        raise ValueError(f"fallback threshold must be >= 0, got {threshold}")
+    else:
+        check_threshold(threshold)
     dev = s.device
     if not s.is_contiguous() or s.data_ptr() % 16:
         s = s.clone(memory_format=torch.contiguous_format)
@@ -589,7 +590,6 @@ def residual_cuda(t, idx, source, x=None, xs=None, mean=None, rstd=None, w=None,
 def plane_lists_cuda(slot, s2, qblock, halves=1):
     """fallback's plane_lists (int8_gemm_sm90_plane.py) in one kernel: same outputs, bit for
     bit."""
-    from int8_gemm_sm90_plane import TILE
     per = TILE // qblock
     rl = per // halves
     Rb, Kb = slot.shape

@@ -1,8 +1,8 @@
 """
 The fallback plane of the Hopper wgmma GEMM (int8_gemm_sm90.py): the fallback operand's second
 plane (fallback.py) rides the same kernel as extra K-blocks, read in its compact form (slot ->
-q2 block). Host side (torch ops, no host sync): device-built lists (plane_lists) of the K-blocks
-holding a flagged block, per 128-row tile, or per 64-row consumer half of a tile when the plane
+q2 block). Host side (no host sync): device-built lists of the K-blocks holding a flagged block
+(one kernel, fallback_cuda.plane_lists_cuda; plane_lists here is its torch reference), per 128-row tile, or per 64-row consumer half of a tile when the plane
 is on A and few blocks are flagged (_halves), each entry with its row blocks' slots and scales
 gathered; plane_args checks the plane and packs the kernels' p_* arguments. Device side: after
 the plain stages the producer (produce() in int8_gemm_sm90_ring.py) loads the listed K-blocks
@@ -19,6 +19,7 @@ consume_plane) that int8_gemm_sm90.py places among the kernel's own, each before
 import numpy as np
 import torch
 
+from fallback_cuda import plane_lists_cuda
 from int8_gemm import cdiv
 from int8_gemm_sm90_ring import TILE
 
@@ -198,14 +199,13 @@ def _halves(t, on_a):
 
 def plane_args(a, b):
     """The kernels' p_* arguments: the compact second plane of the one operand that has one
-    (fallback.py) and its lists (plane_lists, per tile or per half: _halves); null pointers when
+    (fallback.py) and its lists (plane_lists_cuda, per tile or per half: _halves); null pointers when
     neither has."""
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
         return (np.uint64(0),) * 5 + (np.int32(0),) * 3
     slot, q2, s2 = _plane(t)
     halves = _halves(t, t is a)
-    from fallback_cuda import plane_lists_cuda       # plane_lists in one kernel
     listed, count, slots, scales = plane_lists_cuda(slot, s2, t.qblock, halves)
     return (q2, listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
             np.int32(t is not a))

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fallback import attach_plane, plane_from_scales, quantize_out
+from fallback import attach_plane, on_kernels, plane_from_scales, plane_from_source, quantize_out
 from quantize import (QTensor, as_2d, check_finite, check_float, check_qblock, dequantize,
                       load_q, on_cuda, pad_2d, quantize, save_q)
 
@@ -183,8 +183,8 @@ def norm_blocks(x, weight, bias, rstd, qblock, layernorm):
 # public API: CUDA tensors go to int8_norm_cuda.py (forward) and int8_norm_bwd_cuda.py, the rest
 # to the reference. The CUDA path skips the host-side NaN/Inf check (a sync per call; the kernel
 # flags non-finite values itself, see quantize_cuda.py); a fallback plane is attached to the
-# kernel's int8 output from its scales and a recompute of the flagged blocks alone
-# (norm_blocks).
+# kernel's int8 output from its scales and a recompute of the flagged blocks alone (the
+# residual kernel of fallback_cuda.py; norm_blocks where the plane is built by torch ops).
 
 def _fwd_on_cuda(x, weight, bias, qblock, fallback):
     if not plane_from_scales(fallback) or not isinstance(x, torch.Tensor) or x.dim() < 2:
@@ -204,13 +204,12 @@ def _norm_fwd(x, weight, bias, qblock, eps, layernorm, fallback):
     w = weight.float().contiguous()
     b = None if bias is None else bias.float().contiguous()
     out = norm_fwd_cuda(x, w, b, qblock, eps, layernorm)
-    if fallback is not None:
-        x2 = as_2d(x)
-        mean = x2.mean(dim=1) if layernorm else None          # the residual kernel's LayerNorm
-        attach_plane(out[0], fallback,                       # (blocks_of: the torch path's)
-                     lambda bi, bj: norm_blocks(x, w, b, out[2], qblock, layernorm)(bi, bj),
-                     "layernorm" if layernorm else "rmsnorm", x=x2, mean=mean, rstd=out[2],
-                     w=w, b=b)
+    if fallback is not None and on_kernels(out[0], fallback):
+        x2 = as_2d(x)               # the residual kernel recomputes y from x (and LN's row mean)
+        plane_from_source(out[0], fallback, "layernorm" if layernorm else "rmsnorm", x=x2,
+                          mean=x2.mean(dim=1) if layernorm else None, rstd=out[2], w=w, b=b)
+    elif fallback is not None:
+        attach_plane(out[0], fallback, norm_blocks(x, w, b, out[2], qblock, layernorm))
     return out
 
 

@@ -17,6 +17,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import block_case  # noqa: E402
 
 
+def profile_steps(step, n=5):
+    """torch.profiler over n calls of step (CPU and CUDA activity): the op table
+    (key_averages) and the GPU kernel ms per step."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    # kernels only: with CPU activity on, each op's row repeats its kernels' device time
+    gpu = sum(e.self_device_time_total for e in events
+              if e.device_type == torch.autograd.DeviceType.CUDA) / n / 1e3
+    return events, gpu
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--style", default="llama")
@@ -33,15 +48,7 @@ def main():
             step()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / 5 * 1e3
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(5):
-                step()
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        # kernels only: with CPU activity on, each op's row repeats its kernels' device time
-        gpu = sum(e.self_device_time_total for e in events
-                  if e.device_type == torch.autograd.DeviceType.CUDA) / 5 / 1e3
+        events, gpu = profile_steps(step)
         print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} ms/step")
         print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
         print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))

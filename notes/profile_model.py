@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import GPT, GPTConfig  # noqa: E402
+from notes.profile_block import profile_steps  # noqa: E402
 
 STYLES = {"gpt2": dict(mlp="gelu", norm="layernorm"), "llama": dict(mlp="swiglu", norm="rmsnorm")}
 
@@ -73,14 +74,7 @@ def main():
         torch.cuda.set_sync_debug_mode(0)
         syncs = [str(w.message).splitlines()[0][:80] for w in caught
                  if "synchroniz" in str(w.message)]
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
-            for _ in range(5):
-                step()
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in events
-                  if e.device_type == torch.autograd.DeviceType.CUDA) / 5 / 1e3
+        events, gpu = profile_steps(step)
         launches = sum(e.count for e in events
                        if e.key in ("cuLaunchKernel", "cudaLaunchKernel", "cuLaunchKernelEx",
                                     "cudaLaunchKernelExC")) / 5
