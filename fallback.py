@@ -204,6 +204,11 @@ def dequantized_blocks(t):
 # ---------------------------------------------------------------------------------------------
 # sizing the plane without a host sync
 
+def _capturing():
+    """True inside a CUDA graph capture (torch's check fails on a CPU-only build)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class PlaneBudget:
     """Room for the second plane of one call site (one activation of one layer), so that sizing
     q2 needs no host sync in the steady state.
@@ -221,7 +226,12 @@ class PlaneBudget:
     plane (capacity 0: its GEMMs run plain). A call that flags more blocks than its capacity
     keeps the first ones (block order) in two planes and the rest in plain int8; `overflows`
     counts such calls (`dropped`, those blocks), and the next capacity covers the count. The
-    state goes into checkpoints, so a resumed run sizes its planes as the straight run would."""
+    state goes into checkpoints, so a resumed run sizes its planes as the straight run would.
+
+    Inside a CUDA graph capture (cuda_graph.py) the capacity is fixed for every replay and the
+    count stays on the device: observe() keeps the tensor, and FallbackConfig.read_captured()
+    reads all of them after a replay (read_captured), telling the caller to re-capture when one
+    outgrew its capacity."""
 
     HEADROOM = 1.5                  # capacity over the recent peak count
     SLACK = 1 / 64                  # plus this fraction of the tensor's blocks (small counts jump)
@@ -234,11 +244,15 @@ class PlaneBudget:
         self._readback = None       # (pinned host int64, CUDA event), made at the first count
         self._waiting = None        # (capacity,) of the count in flight, None when none is
         self.waits = 0              # reads that had to wait for the GPU (a diagnostic)
+        self.captured = None        # (device count, capacity) of the call in a CUDA graph
 
     def capacity(self, n_blocks):
         """q2's size for a tensor of n_blocks blocks, or None: count exactly (one sync)."""
         self._read()
         if self.peak is None:
+            if _capturing():
+                raise RuntimeError("a fallback call site is first called inside a CUDA graph "
+                                   "capture: run a step eagerly first, so its budget has a count")
             return None
         if self.peak == 0:
             return 0
@@ -249,6 +263,9 @@ class PlaneBudget:
         asynchronously); capacity: the size q2 had (None: exact)."""
         if not torch.is_tensor(count) or not count.is_cuda:
             self._update(int(count), capacity)
+            return
+        if _capturing():    # every replay rewrites this tensor
+            self.captured = (count, capacity)
             return
         self._read()                                   # (a count still unread: the last call's)
         if self._readback is None or self._readback[0].dtype != count.dtype:
@@ -263,6 +280,13 @@ class PlaneBudget:
     def state(self):
         self._read()
         return self.peak, self.overflows, self.dropped
+
+    def read_captured(self, count):
+        """Learn from a replay's count of the captured call (read by FallbackConfig); True when
+        it did not fit the captured capacity."""
+        capacity = self.captured[1]
+        self._update(count, capacity)
+        return count > capacity
 
     def _read(self):
         if self._waiting is not None:
@@ -479,6 +503,23 @@ class FallbackConfig:
 
     def load_state_dict(self, state):
         self.budgets = {name: PlaneBudget(*st) for name, st in state.items()}
+
+    def flush(self):
+        """Finish the budgets' pending count reads (before a CUDA graph capture, which forbids
+        them) and forget the counts of an earlier capture."""
+        for b in self.budgets.values():
+            b.state()
+            b.captured = None
+
+    def read_captured(self):
+        """After a replay of a captured step: every captured call site's flag count, read in one
+        host sync, updates its budget. True when one outgrew its captured capacity (its extra
+        blocks stayed plain int8 in that replay): re-capture, with capacities that cover it."""
+        sites = [b for b in self.budgets.values() if b.captured is not None]
+        if not sites:
+            return False
+        counts = torch.stack([b.captured[0].to(torch.int64) for b in sites]).tolist()
+        return any([b.read_captured(n) for b, n in zip(sites, counts)])   # (a list: all learn)
 
     def overflows(self):
         """(calls so far whose flags did not all fit their plane budget, flagged blocks they

@@ -36,7 +36,7 @@ import torch
 
 from quantize import QTensor, get_kernel, launch
 from quantize_cuda import (COMMON, after_launch, block_grid, check_qtensor, draw_seed,
-                           nonfinite_flag, threads)
+                           nonfinite_flag, sr_salt, threads)
 
 BLOCK_SRC = COMMON + r"""
 // device helpers of the GELU/SwiGLU kernels: exact unpacking, fast MUFU, quantize-and-store
@@ -299,7 +299,9 @@ gelu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int Rb,
 extern "C" __global__ void __launch_bounds__(NT)
 gelu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                 const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Cb,
-                i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi, int* flag) {
+                i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
+                const u32* __restrict__ salt, int* flag) {
+    if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
     walk(GeluBwd{dgq, dgs, hq, hs, dhq, dhs, Cb, seed_lo, seed_hi, flag}, Rb, Cb);
 }
 
@@ -312,7 +314,9 @@ swiglu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int R
 extern "C" __global__ void __launch_bounds__(NT)
 swiglu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                   const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Hb,
-                  i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi, int* flag) {
+                  i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
+                const u32* __restrict__ salt, int* flag) {
+    if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
     walk(SwigluBwd{dgq, dgs, hq, hs, dhq, dhs, Hb, seed_lo, seed_hi, flag}, Rb, Hb);
 }
 """
@@ -369,7 +373,7 @@ def gelu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None):
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     _launch("gelu_bwd", QB, h_q.device, Rb * Cb,
             (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Cb), out.q, out.s, *seed,
-             nonfinite_flag(h_q.device)), stochastic)
+             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic)
     after_launch(h_q.device, "dg")
     return out
 
@@ -400,6 +404,6 @@ def swiglu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None):
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     _launch("swiglu_bwd", QB, h_q.device, Rb * Hb,
             (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Hb), out.q, out.s, *seed,
-             nonfinite_flag(h_q.device)), stochastic)
+             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic)
     after_launch(h_q.device, "dg")
     return out

@@ -37,6 +37,7 @@ import torch
 
 from int8_gemm_mma import GEMM_SRC
 from quantize import QTensor, capability, get_kernel, launch, on_cuda, quantize, second_plane
+from quantize_cuda import sr_salt
 
 GEMM_OUTS = ("float", "int8", "int8_sr")
 
@@ -232,7 +233,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
         return QTensor(q, s, shape, QB)
     launch(_kernel("gemm_int8_kernel", QB, device.index), grid, block,
            ab + (q, s, np.int32(Mp), np.int32(Np), np.int32(Kp), np.int32(stochastic),
-                 np.uint32(seed)), shared_mem=smem)
+                 np.uint32(seed), sr_salt(device)), shared_mem=smem)
     return QTensor(q, s, shape, QB)
 
 

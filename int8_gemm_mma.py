@@ -430,8 +430,10 @@ gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ A
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                  const signed char* __restrict__ B, const float* __restrict__ Bs,
-                 signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed) {
+                 signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
+                 const unsigned* __restrict__ salt) {
     extern __shared__ __align__(128) unsigned char smem[];
+    if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     int m0, n0;
     tile_origin(Mp, Np, m0, n0);
     float acc[MI][NI][4];

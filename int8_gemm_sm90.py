@@ -69,6 +69,7 @@ from int8_gemm_sm90_plane import (CONSUME_PLANE_SRC, COPY_PLANE_SRC, PLANE_SRC, 
 from int8_gemm_sm90_ring import (SM90_COPY_SRC, SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
                                  SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
 from quantize import get_kernel, launch
+from quantize_cuda import sr_salt
 
 THREADS = 384                                # producer + 2 consumer warpgroups
 
@@ -398,9 +399,10 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                       const signed char* __restrict__ B, const float* __restrict__ Bs,
                       signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
-                      const signed char* p_q2, const int* p_list, const int* p_count,
+                      const unsigned* __restrict__ salt, const signed char* p_q2, const int* p_list, const int* p_count,
                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                       int p_on_b) {
+    if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
                  Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
@@ -468,5 +470,5 @@ def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None):
                      *_source(a.qblock, Kp, exact, source))
     launch(kernel, grid, (THREADS,),
            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
-            np.int32(stochastic), np.uint32(seed)) + plane_args(a, b),
+            np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)) + plane_args(a, b),
            shared_mem=_smem_bytes(a.qblock))

@@ -203,8 +203,9 @@ extern "C" __global__ void __launch_bounds__(NT)
 quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
                 i8* __restrict__ q, float* __restrict__ s,
                 i8* __restrict__ qt, float* __restrict__ st,
-                u32 seed_lo, u32 seed_hi, int* flag) {
+                u32 seed_lo, u32 seed_hi, const u32* __restrict__ salt, int* flag) {
     __shared__ float red[NT / 32];
+    if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
 #if TRANS
     __shared__ __align__(16) u32 tile[GPC][QB][QB / 4 + 1];      // +1 word: fewer bank conflicts
 #endif
@@ -362,7 +363,7 @@ def block_grid(n_blocks, qblock):
     return ((n_blocks + per_cta - 1) // per_cta,)
 
 
-_flags = {}
+_flags, _salts = {}, {}                 # per device: the non-finite flag, the SR salt
 
 
 def nonfinite_flag(device):
@@ -371,6 +372,25 @@ def nonfinite_flag(device):
     if key not in _flags:
         _flags[key] = torch.zeros(1, dtype=torch.int32, device=device)
     return _flags[key]
+
+
+def sr_salt(device):
+    """Two device uint32 (as int32) that every stochastic-rounding kernel XORs into its seed: 0
+    unless refresh_sr_salt() has drawn them (one per device).
+
+    The per-call seeds are drawn on the host (draw_seed) and go to the kernels as launch
+    arguments, so a CUDA graph would replay each call with the seed it was captured with, and
+    every step would round alike. A captured step calls refresh_sr_salt() first: that draw comes
+    from torch's CUDA generator, which CUDA graphs advance on every replay."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _salts:
+        _salts[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    return _salts[key]
+
+
+def refresh_sr_salt(device):
+    """New random salt for the stochastic rounding of the work queued after it (see sr_salt)."""
+    sr_salt(device).random_()
 
 
 def check_nonfinite(device=None, what="input"):
@@ -384,7 +404,7 @@ def check_nonfinite(device=None, what="input"):
 
 
 def after_launch(device, what):
-    if STRICT:
+    if STRICT and not torch.cuda.is_current_stream_capturing():   # (a graph cannot sync)
         check_nonfinite(device, what)
 
 
@@ -439,7 +459,7 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False):
                          f"SR={int(stochastic)}", f"TRANS={int(with_t)}"), x.device)
     launch(kernel, block_grid(Rb * Cb, qblock), (threads(qblock),),
            (x, np.int32(rows), np.int32(C), np.int32(Rb), np.int32(Cb), q, s, qt, st,
-            *seed, nonfinite_flag(x.device)))
+            *seed, sr_salt(x.device), nonfinite_flag(x.device)))
     after_launch(x.device, "x")
     t = QTensor(q, s, x.shape, qblock)
     if not with_t:

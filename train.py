@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from cuda_graph import GraphedMicroStep
 from data import load_data
 from model import GPT, GPTConfig
 
@@ -76,13 +77,14 @@ min_lr = None            # None: learning_rate / 10
 device = 'auto'          # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
 dtype = None             # 'bfloat16' (autocast) or 'float32'
 compile = False          # torch.compile the model
+cuda_graph = None        # replay each micro-step's forward + backward as a CUDA graph (cuda_graph.py)
 seed = 1337
 # -----------------------------------------------------------------------------
 # Defaults that fit the machine, as (cpu, cuda): a small model that trains in about two minutes
 # on a 2-core CPU (the INT8 reference ops are slow there), GPT-2 small on a GPU.
 BY_DEVICE = dict(n_layer=(4, 12), n_head=(4, 12), n_embd=(128, 768), block_size=(128, 1024),
                  max_iters=(150, 5000), learning_rate=(1e-3, 6e-4), dtype=('float32', 'bfloat16'),
-                 eval_iters=(10, 100))
+                 eval_iters=(10, 100), cuda_graph=(False, True))
 # Defaults derived from other settings, with their types.
 DERIVED = dict(gradient_accumulation_steps=int, eval_interval=int, warmup_iters=int,
                lr_decay_iters=int, min_lr=float)
@@ -198,6 +200,12 @@ def main(argv=None):
             config[k] = v
     if config['dtype'] not in ('bfloat16', 'float32'):
         raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {config['dtype']!r}")
+    if config['cuda_graph'] and device_type != 'cuda':
+        raise ValueError('cuda_graph=True needs a CUDA device')
+    if config['cuda_graph'] and (ddp or config['compile']):
+        if 'cuda_graph' in set_keys:
+            print0('cuda_graph: off (not supported with DDP or torch.compile)')
+        config['cuda_graph'] = False
     if config['gradient_accumulation_steps'] % world_size:
         raise ValueError(f"gradient_accumulation_steps={config['gradient_accumulation_steps']} "
                          f"(all ranks together) is not a multiple of the {world_size} processes")
@@ -270,6 +278,13 @@ def main(argv=None):
         train_model = DDP(model, device_ids=[c.device] if device_type == 'cuda' else None)
         print0(f'ddp: {world_size} processes ({dist.get_backend()}), {grad_accum} x {c.batch_size} '
                f'sequences per process and step, {tokens_per_iter:,} tokens per step in all')
+
+    graphed = None  # the micro-step as a CUDA graph (its own autocast: no cast cache in a graph)
+    if c.cuda_graph:
+        graph_ctx = (nullcontext() if c.dtype == 'float32' else
+                     torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False))
+        graphed = GraphedMicroStep(raw_model, graph_ctx, 1 / grad_accum,
+                                   raw_model.fb if c.fallback else None)
 
     @torch.no_grad()
     def estimate_loss():
@@ -356,15 +371,20 @@ def main(argv=None):
                 if ddp:  # all-reduce the gradients in this rank's last backward only
                     train_model.require_backward_grad_sync = \
                         micro_step >= c.gradient_accumulation_steps - world_size
-                with ctx:
-                    _, loss = train_model(X, Y)
-                (loss / grad_accum).backward()  # DDP's average over ranks does the rest
+                if graphed is not None:
+                    loss = graphed(X, Y)
+                else:
+                    with ctx:
+                        _, loss = train_model(X, Y)
+                    (loss / grad_accum).backward()  # DDP's average over ranks does the rest
                 loss_sum += loss.detach()
             if c.grad_clip > 0.0:
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c.grad_clip)
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=graphed is None)  # a graph adds into its .grad
             lossf, halt = loss_sum.item(), bool(stop)  # .item() waits for the GPU
+            if graphed is not None:  # reads the replays' fallback flag counts
+                graphed.end_step()
             if ddp:  # the whole batch's loss for the log; Ctrl-C on any rank stops all ranks here
                 t = torch.tensor([lossf, float(halt)], device=c.device)
                 dist.all_reduce(t)
@@ -388,6 +408,8 @@ def main(argv=None):
             if iter_num % c.log_interval == 0 or iter_num == c.max_iters - 1:
                 entry = dict(iter=iter_num, loss=lossf, lr=lr, tokens_per_s=tokens_per_iter / dt,
                              dt_ms=dt * 1000)
+                if graphed is not None:  # 1 + re-captures after a fallback plane grew
+                    entry['graph_captures'] = graphed.captures
                 if not c.progress:
                     print0(f'iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, '
                            f'{tokens_per_iter / dt:,.0f} tok/s, {dt * 1000:.1f} ms')

@@ -362,3 +362,19 @@ def test_budget_reads_the_count_back_without_waiting():
     torch.cuda.synchronize()
     assert t.q2.shape[0] >= exact.q2.shape[0] and budget.overflows == 0
     assert torch.equal(dequantize(t), dequantize(exact))
+
+
+def test_captured_counts_are_read_after_a_replay():
+    """Inside a CUDA graph capture a budget keeps its call's device count (cuda_graph.py);
+    read_captured() learns every count in one read and says when one outgrew its capacity."""
+    fb = FallbackConfig(enabled=True)
+    a, b = fb.spec_for("a").budget, fb.spec_for("b").budget
+    assert fb.read_captured() is False                    # nothing captured yet
+    a.captured, b.captured = (torch.tensor(3), 4), (torch.tensor(9, dtype=torch.int32), 6)
+    assert fb.read_captured() is True                     # b: 9 flagged blocks, room for 6
+    assert (a.peak, b.peak) == (3, 9) and (a.overflows, b.overflows) == (0, 1)
+    assert fb.overflows() == (1, 3)
+    b.captured = (torch.tensor(5), 6)
+    assert fb.read_captured() is False and b.peak == 9 * PlaneBudget.DECAY
+    fb.flush()                                            # a new capture starts from scratch
+    assert a.captured is None and b.captured is None and fb.read_captured() is False

@@ -138,6 +138,11 @@ def test_config_errors(argv, message):
         train.parse_config(argv)
 
 
+def test_cuda_graph_needs_cuda(tmp_path):
+    with pytest.raises(ValueError, match='cuda_graph=True needs a CUDA device'):
+        run(tmp_path, '--cuda_graph=True', '--max_iters=1')
+
+
 def test_config_file(tmp_path):
     path = tmp_path / 'cfg.py'
     path.write_text('import math\nn_layer = 3\nint8 = True\nlearning_rate = math.pi / 1000\n')
