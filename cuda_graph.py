@@ -35,6 +35,7 @@ class GraphedMicroStep:
     def __init__(self, model, autocast, scale, fallback=None):
         self.model, self.autocast, self.scale, self.fallback = model, autocast, scale, fallback
         self.graph = None
+        self.side = None                         # the eager runs' stream, one for all captures
         self.replayed = False                    # since the last end_step()
         self.captures = 0                        # how often it (re-)captured: a diagnostic
 
@@ -67,17 +68,24 @@ class GraphedMicroStep:
         """Run this micro-step eagerly on a side stream (torch's recipe: lazy initialisation
         happens outside the capture; its loss and gradients are this micro-step's), then capture
         it (which runs nothing)."""
-        self.graph = None                        # (frees the old graph's memory pool first)
+        # drop every reference into the old graph's memory pool first, so that it is freed
+        # before the eager run allocates (else a re-capture's peak holds two steps' activations)
+        self.graph = self.loss = self.stats = None
+        fb = self.fallback
+        if fb is not None:
+            fb.flush()                           # (also forgets the captured counts)
+            fb.stats = {}
         self.x, self.y = X.clone(), Y.clone()
         for p in self.model.parameters():       # backward must add into existing gradients
             if p.requires_grad and p.grad is None:
                 p.grad = torch.zeros_like(p)
-        side = torch.cuda.Stream()
+        # one side stream for every capture: cuBLAS keeps a workspace per stream it ran on
+        # (64 MiB on an H100), so a new stream per re-capture would hold one more each time
+        side = self.side = self.side or torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             loss = self._run().clone()
         torch.cuda.current_stream().wait_stream(side)
-        fb = self.fallback
         if fb is not None:
             fb.flush()                           # (reads the eager run's counts: one sync)
             eager_stats = dict(fb.stats)
