@@ -11,6 +11,8 @@ override them, in the order given (nanoGPT style):
 No download: the default data is the Python standard library's own source, as bytes (vocab 256);
 --data=PATH takes a text file, a folder of .txt/.md/.py files, or nanoGPT's train.bin/val.bin.
 A run writes out_dir/log.jsonl and out_dir/ckpt.pt (at every eval, at the end, on Ctrl-C).
+On a GPU each micro-step's forward and backward is captured once as a CUDA graph and replayed
+(cuda_graph.py: the int8 step is hundreds of small kernels; --cuda_graph=False runs it eagerly).
 Under torchrun, rank r of N trains on micro-batches r, r+N, ... of the gradient_accumulation_steps
 of a step (all ranks together, as in nanoGPT): N processes see exactly the batches of one. Rank 0
 alone prints, logs, samples and writes checkpoints.
