@@ -48,8 +48,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, check_finite, check_float,
-                      dequantize, on_cuda, pad_2d, quantize)
+from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, capturing, check_finite,
+                      check_float, dequantize, on_cuda, pad_2d, quantize)
 
 RULES = ("crest", "median", "topk")
 DEFAULT_RULE = "median"
@@ -204,11 +204,6 @@ def dequantized_blocks(t):
 # ---------------------------------------------------------------------------------------------
 # sizing the plane without a host sync
 
-def _capturing():
-    """True inside a CUDA graph capture (torch's check fails on a CPU-only build)."""
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 class PlaneBudget:
     """Room for the second plane of one call site (one activation of one layer), so that sizing
     q2 needs no host sync in the steady state.
@@ -250,7 +245,7 @@ class PlaneBudget:
         """q2's size for a tensor of n_blocks blocks, or None: count exactly (one sync)."""
         self._read()
         if self.peak is None:
-            if _capturing():
+            if capturing():
                 raise RuntimeError("a fallback call site is first called inside a CUDA graph "
                                    "capture: run a step eagerly first, so its budget has a count")
             return None
@@ -264,7 +259,7 @@ class PlaneBudget:
         if not torch.is_tensor(count) or not count.is_cuda:
             self._update(int(count), capacity)
             return
-        if _capturing():    # every replay rewrites this tensor
+        if capturing():    # every replay rewrites this tensor
             self.captured = (count, capacity)
             return
         self._read()                                   # (a count still unread: the last call's)

@@ -316,6 +316,12 @@ def cuda_available():
     return True
 
 
+def capturing():
+    """True inside a CUDA graph capture, where nothing may sync with the host (torch's own
+    check fails on a CPU-only build)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 @lru_cache(maxsize=None)
 def _cuda_ok():
     return cuda_available()

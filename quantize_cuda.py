@@ -44,7 +44,7 @@ import os
 import numpy as np
 import torch
 
-from quantize import QTensor, get_kernel, launch, pad_to
+from quantize import QTensor, capturing, get_kernel, launch, pad_to
 
 STRICT = os.environ.get("INT8_STRICT", "0") == "1"
 
@@ -404,7 +404,7 @@ def check_nonfinite(device=None, what="input"):
 
 
 def after_launch(device, what):
-    if STRICT and not torch.cuda.is_current_stream_capturing():   # (a graph cannot sync)
+    if STRICT and not capturing():                 # (a graph cannot sync)
         check_nonfinite(device, what)
 
 
