@@ -17,6 +17,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import block_case  # noqa: E402
 
 
+def time_steps(step, n=5, warmup=3):
+    """After warmup steps: (ms per step until the host has queued n steps, ms per step until
+    the GPU has run them)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    host = (time.perf_counter() - t0) / n * 1e3
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - t0) / n * 1e3
+
+
 def profile_steps(step, n=5):
     """torch.profiler over n calls of step (CPU and CUDA activity): the op table
     (key_averages) and the GPU kernel ms per step."""
@@ -40,14 +54,7 @@ def main():
     B, T, C = 4, 2048, args.width
     for mode in ("bf16", "int8", "int8+fallback"):
         _, step, _ = block_case(args.style, C, B, T, mode, torch.device("cuda"))
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / 5 * 1e3
+        _, wall = time_steps(step)
         events, gpu = profile_steps(step)
         print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} ms/step")
         print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import GPT, GPTConfig  # noqa: E402
-from notes.profile_block import profile_steps  # noqa: E402
+from notes.profile_block import profile_steps, time_steps  # noqa: E402
 
 STYLES = {"gpt2": dict(mlp="gelu", norm="layernorm"), "llama": dict(mlp="swiglu", norm="rmsnorm")}
 
@@ -51,15 +51,7 @@ def main():
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            step()
-        host = (time.perf_counter() - t0) / 5 * 1e3        # queued, not yet run
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / 5 * 1e3
+        host, wall = time_steps(step)                      # (host: queued, not yet run)
         waits = sum(b.waits for b in model.fb.budgets.values())
         t0 = time.perf_counter()
         for _ in range(5):

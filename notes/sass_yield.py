@@ -84,15 +84,32 @@ def build():
             print(f"{kind}{qb} {rule}: {n} FFMAs, {changed} yield bits cleared")
 
 
-def time_all():
+def load_cubin(kind, qb, rule):
+    """The float kernel of one of build()'s cubins, ready for its shared memory."""
     import cupy
+    from int8_gemm_sm90_ring import _smem_bytes
+    fn = cupy.RawModule(path=os.path.join(OUT, f"{kind}{qb}_{rule}.cubin")).get_function(KERNEL)
+    fn.max_dynamic_shared_size_bytes = _smem_bytes(qb)
+    return fn
+
+
+def gemm_runner(kern, ta, tb, c):
+    """A no-argument launch of kernel `kern` computing c (M x N fp32) = A B^T, no plane: the
+    argument list of int8_gemm_sm90.launch_float."""
     import numpy as np
+    from int8_gemm_sm90_ring import _smem_bytes
+    from quantize import launch
+    (m, k), n, qb = ta.q.shape, tb.q.shape[0], ta.qblock
+    args = (ta.q, ta.s, tb.q, tb.s, c, np.int32(m), np.int32(n), np.int32(m), np.int32(n),
+            np.int32(k), np.int32(0), np.int32(0)) + (np.uint64(0),) * 5 + (np.int32(0),) * 3
+    return lambda: launch(kern, ((m // 128) * (n // 128),), (384,), args, shared_mem=_smem_bytes(qb))
+
+
+def time_all():
     import torch
     from bench import event_ms
     from int8_gemm_sm90 import _kernel, _source
-    from int8_gemm_sm90_ring import _smem_bytes
-    from quantize import launch, quantize
-    planes = (np.uint64(0),) * 5 + (np.int32(0),) * 3
+    from quantize import quantize
     print("| build | mkn | bf16 ms | " + " | ".join(RULES) + " | nvrtc lib | identical |")
     print("|---" * (len(RULES) + 5) + "|")
     for m, k, n in ((16384, 8192, 2048), (16384, 2048, 8192)):
@@ -103,22 +120,12 @@ def time_all():
         t16 = event_ms(lambda: ab @ bb.t())
         for kind, qb, g in BUILDS:
             ta, tb = quantize(a, qb), quantize(b, qb)
-            smem = _smem_bytes(qb)
-            grid = ((m // 128) * (n // 128),)
             c = torch.empty(m, n, device="cuda")
-            kernels = {}
-            for rule in RULES:
-                fn = cupy.RawModule(path=os.path.join(OUT, f"{kind}{qb}_{rule}.cubin")).get_function(KERNEL)
-                fn.max_dynamic_shared_size_bytes = smem
-                kernels[rule] = fn
-            src, defines = _source(qb, k, kind == "exact", None)
-            kernels["lib"] = _kernel(KERNEL, qb, 0, src, defines)
+            kernels = {rule: load_cubin(kind, qb, rule) for rule in RULES}
+            kernels["lib"] = _kernel(KERNEL, qb, 0, *_source(qb, k, kind == "exact", None))
             outs, times = {}, {}
             for rule, fn in kernels.items():
-                def run(fn=fn):
-                    launch(fn, grid, (384,), (ta.q, ta.s, tb.q, tb.s, c, np.int32(m), np.int32(n),
-                                              np.int32(m), np.int32(n), np.int32(k), np.int32(0),
-                                              np.int32(0)) + planes, shared_mem=smem)
+                run = gemm_runner(fn, ta, tb, c)
                 c.fill_(float("nan"))
                 run()
                 outs[rule] = c.clone()
@@ -132,29 +139,19 @@ def time_all():
 def order():
     """The library's NVRTC kernel against the nvcc cubin, alternating (is the gap an order effect?)."""
     import cupy
-    import numpy as np
     import torch
     from bench import event_ms
     from int8_gemm_sm90 import _kernel, _source
-    from int8_gemm_sm90_ring import _smem_bytes
-    from quantize import launch, quantize
+    from quantize import quantize
     print("nvrtc", cupy.cuda.nvrtc.getVersion(), "driver", cupy.cuda.runtime.driverGetVersion())
-    planes = (np.uint64(0),) * 5 + (np.int32(0),) * 3
     m, k, n = 16384, 8192, 2048
     a, b = torch.randn(m, k, device="cuda"), torch.randn(n, k, device="cuda")
     for kind, qb, g in BUILDS:
         ta, tb = quantize(a, qb), quantize(b, qb)
-        smem, grid = _smem_bytes(qb), ((m // 128) * (n // 128),)
         c = torch.empty(m, n, device="cuda")
-        fn = cupy.RawModule(path=os.path.join(OUT, f"{kind}{qb}_base.cubin")).get_function(KERNEL)
-        fn.max_dynamic_shared_size_bytes = smem
         lib = _kernel(KERNEL, qb, 0, *_source(qb, k, kind == "exact", None))
-        row = []
-        for name, kern in (("lib", lib), ("nvcc", fn)) * 3:
-            run = lambda kern=kern: launch(kern, grid, (384,), (ta.q, ta.s, tb.q, tb.s, c, np.int32(m),
-                                           np.int32(n), np.int32(m), np.int32(n), np.int32(k), np.int32(0),
-                                           np.int32(0)) + planes, shared_mem=smem)
-            row.append(f"{name} {event_ms(run):.3f}")
+        row = [f"{name} {event_ms(gemm_runner(kern, ta, tb, c)):.3f}"
+               for name, kern in (("lib", lib), ("nvcc", load_cubin(kind, qb, "base"))) * 3]
         print(f"{kind}{qb}:", ", ".join(row), flush=True)
 
 
