@@ -152,7 +152,7 @@ def _check_operand(t, name):
     if not (t.q.is_contiguous() and t.s.is_contiguous()):
         raise ValueError(f"gemm_cuda: {name}.q and {name}.s must be contiguous")
     if t.q.data_ptr() % 16:
-        raise ValueError(f"gemm_cuda: {name}.q must be 16-byte aligned (cp.async)")
+        raise ValueError(f"gemm_cuda: {name}.q must be 16-byte aligned (cp.async, TMA)")
     if t.q.numel() >= 2**31:
         raise ValueError(f"gemm_cuda: {name}.q has {t.q.numel()} elements; the kernel's 32-bit "
                          f"offsets need fewer than 2^31")

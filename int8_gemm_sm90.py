@@ -10,8 +10,9 @@ functions (GEMM_STORE_SRC): fp32 / bf16 / += fp32, int8 RTN, int8 stochastic rou
 
 One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
 
-    warpgroup 0, producer (setmaxnreg 40):   cp.async 16 B chunks of A, B (and 4 B scales) into a
-                                             STAGES-deep ring; cp.async.mbarrier.arrive on full[s]
+    warpgroup 0, producer (setmaxnreg 40):   TMA copies of A's and B's 128 x 128-byte tiles (and
+                                             cp.async of the 4 B scales) into a STAGES-deep ring,
+                                             counted on full[s]
     warpgroups 1, 2, consumers (232 regs):   rows 0-63 / 64-127 of the tile, all 128 columns
 
     producer   | load 0 | load 1 | load 2 | load 3 | load 4 | wait empty[0] | load 5 | ...
@@ -25,8 +26,7 @@ One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
 
 The two consumer warpgroups interleave too: one's promotion runs while the other's wgmma
 occupies the tensor cores. Partial tiles: rows past Mp / Np and K past Kp are zero-filled by
-cp.async (src-size 0), their scales load as 0, and the stores are masked; so any Mp, Np, Kp
-multiple of QB works.
+TMA, their scales load as 0, and the stores are masked; so any Mp, Np, Kp multiple of QB works.
 
 The shared-memory layout, the PTX wrappers and the producer are in int8_gemm_sm90_ring.py; the
 fused fallback plane (the fallback operand's second plane, fallback.py, run as extra K-blocks
@@ -70,6 +70,7 @@ from int8_gemm_sm90_ring import (SM90_COPY_SRC, SM90_PLAIN_STAGES_SRC, SM90_PROD
                                  SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
 from quantize import get_kernel, launch
 from quantize_cuda import sr_salt
+from tma import tile_map
 
 THREADS = 384                                # producer + 2 consumer warpgroups
 
@@ -310,7 +311,8 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, 
 
 SM90_EPILOGUE_SRC = r"""
 template <int OUT_INT8>
-__device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As, const signed char* B,
+__device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
+        const signed char* A, const float* As, const signed char* B,
         const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
         float* q_s, int stochastic, unsigned seed, const Plane& pl) {
     extern __shared__ unsigned char smem_raw[];
@@ -327,7 +329,8 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
     __syncthreads();
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
-        produce(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl);
+        if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
+        produce(base, a_map, b_map, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl);
         return;
     }
     setmaxnreg_inc<232>();
@@ -385,25 +388,27 @@ __device__ __forceinline__ void gemm_sm90(const signed char* A, const float* As,
 
 // p_*: the second plane (struct Plane); p_count = nullptr for none
 extern "C" __global__ void __launch_bounds__(384, 1)
-gemm_sm90_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
+gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
+                       const signed char* __restrict__ A, const float* __restrict__ As,
                        const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate,
                        const signed char* p_q2, const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                        int p_on_b) {
-    gemm_sm90<0>(A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
+    gemm_sm90<0>(&a_map, &b_map, A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
                  Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
-gemm_sm90_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
+gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
+                      const signed char* __restrict__ A, const float* __restrict__ As,
                       const signed char* __restrict__ B, const float* __restrict__ Bs,
                       signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
                       const unsigned* __restrict__ salt, const signed char* p_q2, const int* p_list, const int* p_count,
                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                       int p_on_b) {
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
-    gemm_sm90<1>(A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
+    gemm_sm90<1>(&a_map, &b_map, A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
                  Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 """
@@ -444,31 +449,38 @@ def _check(a, b):
     """What the kernel itself assumes (gemm_cuda has checked dtypes, devices and shapes)."""
     assert a.qblock in (32, 64, 128) and a.qblock == b.qblock, f"unsupported QB {a.qblock}"
     assert a.q.shape[1] == b.q.shape[1] and a.q.shape[1] % a.qblock == 0, "padded K differs"
-    assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "cp.async needs 16 B alignment"
+    assert a.q.is_contiguous() and b.q.is_contiguous(), "operands must be row-major"
+    assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "TMA needs 16 B alignment"
 
 
-def launch_float(a, b, c, M, N, accumulate, exact=False, source=None):
-    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
-    exact: the exact promotion even where the magic-number one applies (see _source)."""
+def _launch(name, a, b, args, exact, source, tma):
+    """Launch kernel `name` over the tiles of C = A @ B^T, args after the operands' tensor maps:
+    the arguments shared by both kernels."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)       # one CTA per 128 x 128 tile
-    kernel = _kernel("gemm_sm90_float_kernel", a.qblock, a.q.device.index,
-                     *_source(a.qblock, Kp, exact, source))
-    launch(kernel, grid, (THREADS,),
-           (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
-            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
-           + plane_args(a, b), shared_mem=_smem_bytes(a.qblock))
-
-
-def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None):
-    """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
-    _check(a, b)
-    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)
-    kernel = _kernel("gemm_sm90_int8_kernel", a.qblock, a.q.device.index,
-                     *_source(a.qblock, Kp, exact, source))
-    launch(kernel, grid, (THREADS,),
-           (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
-            np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)) + plane_args(a, b),
+    code, defines = _source(a.qblock, Kp, exact, source)
+    kernel = _kernel(name, a.qblock, a.q.device.index, code, defines + (f"TMA={int(tma)}",))
+    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp))
+    launch(kernel, grid, (THREADS,), maps + args + plane_args(a, b),
            shared_mem=_smem_bytes(a.qblock))
+
+
+def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True):
+    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
+    exact: the exact promotion even where the magic-number one applies (see _source); tma=False:
+    the plain tiles by cp.async (the kernel before TMA, kept for A/B timing)."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    _launch("gemm_sm90_float_kernel", a, b,
+            (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
+             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
+            exact, source, tma)
+
+
+def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, tma=True):
+    """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    _launch("gemm_sm90_int8_kernel", a, b,
+            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
+             np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
+            exact, source, tma)

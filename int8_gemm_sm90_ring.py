@@ -10,25 +10,29 @@ Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle a
     [full barriers: STAGES x 8 B][empty barriers: STAGES x 8 B][block absmax: RBS x CBS int32]
 
 A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
-K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored as
-TMA's SWIZZLE_128B would store it (the comment above desc_lo), written by hand: cp.async does
-not swizzle. In all: 165,648 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of the 227 KB an H100
-CTA may use.
+K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored with
+the 128-byte swizzle (the comment above desc_lo): TMA writes it so, and the fallback plane's
+cp.async copies write it by hand. In all: 165,648 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
+the 227 KB an H100 CTA may use.
 
-PTX wrappers (SM90_PTX_SRC): cp.async of 16 and 4 bytes (src-size 0 writes zeros), mbarrier
-init / arrive / try_wait, cp.async.mbarrier.arrive (an arrival once this thread's copies have
-landed), fence.proxy.async (cp.async writes through the generic proxy, wgmma reads through the
-async one), wgmma fence / commit / wait, a compiler fence on D (fence_operands), setmaxnreg,
-the consumers' named barrier, and the wgmma descriptor (desc_lo, desc_at). The wgmma itself is
-generated (_wgmma_wrapper): inline asm takes no arrays.
+PTX wrappers (SM90_PTX_SRC): TMA (the tensor map, cp.async.bulk.tensor, mbarrier expect_tx),
+cp.async of 16 and 4 bytes (src-size 0 writes zeros), mbarrier init / arrive / try_wait,
+cp.async.mbarrier.arrive (an arrival once this thread's copies have landed), fence.proxy.async
+(cp.async writes through the generic proxy, wgmma reads through the async one), wgmma fence /
+commit / wait, a compiler fence on D (fence_operands), setmaxnreg, the consumers' named barrier,
+and the wgmma descriptor (desc_lo, desc_at). The wgmma itself is generated (_wgmma_wrapper):
+inline asm takes no arrays.
 
 The producer (warpgroup 0, 128 threads, setmaxnreg 40) runs the stages in order: wait, once the
-ring has been filled, for the slot's empty barrier (all 256 consumer threads), cp.async its
-share of both tiles (copy_plain: 16 B chunks, 8 threads to a 128-byte row) and, thread
-t < SCALE_FLOATS, one scale, then arrive on the slot's full barrier. Rows past Mp / Np and K
-past Kp are zero-filled, their scales load as 0. After the plain stages it runs the fallback
-plane's in a second loop (int8_gemm_sm90_plane.py), so that neither loop carries the other's
-registers.
+ring has been filled, for the slot's empty barrier (all 256 consumer threads); thread 0 sets the
+slot's full barrier to expect 32 KB and issues two TMA copies, the 128 x 128-byte boxes of A
+and B (tensor maps from tma.py; rows past Mp / Np and K past Kp read as zeros); thread
+t < SCALE_FLOATS cp.asyncs one scale (0 past the edges); then every producer thread arrives on
+the full barrier, which completes when all have arrived and the 32 KB have landed. (TMA against
+the earlier 128-thread cp.async of the tiles, copy_plain: 0.81-1.00x the time over bench.py's 45
+GEMM rows, notes/tma_ab.log; build with TMA=0 for the cp.async loads.) After the plain stages it
+runs the fallback plane's in a second loop (int8_gemm_sm90_plane.py: cp.async, one flagged
+block at a time), so that neither loop carries the other's registers.
 """
 TILE = 128                                   # BM = BN of the kernel
 STAGES = 5                                   # 5 x (16 + 16 KB) ring
@@ -53,6 +57,9 @@ def _wgmma_wrapper(n):
 SM90_PTX_SRC = r"""
 #ifndef QB
 #define QB 32
+#endif
+#ifndef TMA
+#define TMA 1                                // the plain stages' tiles by TMA (0: cp.async)
 #endif
 constexpr int BM = 128, BN = 128;            // CTA tile of C; each consumer warpgroup 64 x 128
 constexpr int BK = 128;                      // bytes of K per stage: one 128-byte swizzle row
@@ -104,6 +111,24 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
+}
+// TMA: a tensor map (built by the host, tma.py) describes a 2-D int8 array in global memory and
+// the 128 x 128-byte box that one cp.async.bulk.tensor moves into shared memory, swizzled as
+// desc_lo below expects and zero past the array's edges. The copy counts its bytes down on an
+// mbarrier (complete_tx) that expect_tx counted up first. Maps come as __grid_constant__ kernel
+// parameters; the instruction takes their generic address.
+struct alignas(64) TensorMap { unsigned long long opaque[16]; };   // CUtensorMap's 128 bytes
+__device__ __forceinline__ void tma_prefetch(const TensorMap* map) {
+    asm volatile("prefetch.tensormap [%0];\n" :: "l"(map) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+// the box whose first element is (row, k) -> dst, counted on bar
+__device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* map, int k, int row, unsigned bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n"
+                 :: "r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar) : "memory");
 }
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy
 __device__ __forceinline__ void fence_proxy_async() {
@@ -206,7 +231,8 @@ __device__ __forceinline__ void scale_role(int t, int m0, int n0, bool& is_a, in
 // t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. Two
 // loops, the plain stages and then the plane's, so that neither carries the other's registers
 // (the producer has 40).
-__device__ void produce(unsigned base, const signed char* A, const float* As, const signed char* B,
+__device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
+                        const signed char* A, const float* As, const signed char* B,
                         const float* Bs, int Mp, int Np, int Kp, int m0, int n0, const Plane& pl) {
     const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
     const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
@@ -217,17 +243,27 @@ __device__ void produce(unsigned base, const signed char* A, const float* As, co
     const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
     int kt = 0;
     for (; kt < KT0; ++kt) {
-        const int slot = kt % STAGES, kb = kt * KBS + 16 * c / QB;
+        const int slot = kt % STAGES;
+        const unsigned full = base + SMEM_BAR + 8 * slot;
         if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+#if TMA
+        if (t == 0) {                    // one thread moves both 16 KB tiles
+            mbar_expect_tx(full, 2 * TILE_BYTES);
+            tma_load(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
+            tma_load(base + SMEM_B + slot * TILE_BYTES, b_map, kt * BK, n0, full);
+        }
+#else
+        const int kb = kt * KBS + 16 * c / QB;
         copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
         copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
+#endif
         if (t < SCALE_FLOATS) {
             const int kbj = kt * KBS + j;
             const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;
             const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kbj : 0);
             cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src, ok ? 4 : 0);
         }
-        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+        cp_async_arrive(full);
     }
     if (KT == KT0) return;
     // The plane's stages. My chunk's column has one list (col); my plane rows 8 g .. 8 g + 7 one

@@ -1,0 +1,23 @@
+"""tma.py: the tensor maps of the Hopper GEMM's TMA loads. The maps' contents are the driver's;
+the GPU tests of the wgmma kernels (test_int8_linear_cuda.py) check what they load."""
+import numpy as np
+import pytest
+import torch
+
+from tma import BOX, tile_map
+
+
+@pytest.mark.parametrize("address,row_bytes", [(0x1008, 128), (0x1000, 100)])
+def test_tile_map_rejects_misaligned(address, row_bytes):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        tile_map(address, 256, row_bytes)
+
+
+@pytest.mark.gpu
+def test_tile_map_is_a_128_byte_argument():
+    q = torch.zeros(300, 160, dtype=torch.int8, device="cuda")
+    m = tile_map(q.data_ptr(), 300, 160)
+    assert isinstance(m, np.ndarray) and m.size == 1 and m.itemsize == 128 and BOX == 128
+    assert m.tobytes() != bytes(128)                      # the driver wrote it
+    assert tile_map(q.data_ptr(), 300, 160) is m          # cached on (address, rows, row bytes)
+    assert tile_map(q.data_ptr(), 299, 160).tobytes() != m.tobytes()
