@@ -92,10 +92,11 @@ __device__ __forceinline__ int smem_offset(int row, int chunk) {
 
 # CTA -> tile order, shared with the wgmma kernel (int8_gemm_sm90.py): both define BM and BN.
 TILE_ORIGIN_SRC = r"""
-// CTA -> tile of C, in groups of 8 tile-rows so that consecutive CTAs share A and B in L2.
-__device__ __forceinline__ void tile_origin(int Mp, int Np, int& m0, int& n0) {
+// Tile pid of C -> its origin, in groups of 8 tile-rows so that consecutive tiles share A and B
+// in L2 (the mma kernel runs tile blockIdx.x; the wgmma kernel's CTAs walk the tiles).
+__device__ __forceinline__ void tile_origin(int pid, int Mp, int Np, int& m0, int& n0) {
     const int tiles_m = (Mp + BM - 1) / BM, tiles_n = (Np + BN - 1) / BN, GROUP = 8;
-    int pid = blockIdx.x, group = pid / (GROUP * tiles_n);
+    const int group = pid / (GROUP * tiles_n);
     int first = group * GROUP, size = min(tiles_m - first, GROUP);
     m0 = (first + (pid % (GROUP * tiles_n)) % size) * BM;
     n0 = ((pid % (GROUP * tiles_n)) / size) * BN;
@@ -326,24 +327,43 @@ __device__ __forceinline__ unsigned hash32(unsigned x) {    // lowbias32 (C. Wel
     return x;
 }
 
-// q = round(v * inv) (half to even) or sign(y) * floor(|y| + u), u = 24 random bits / 2^24,
-// exactly as quantize.py does it.
-__device__ __forceinline__ int quantize_one(float v, float inv, int stochastic, unsigned h) {
-    float y = v * inv;
-    y = stochastic ? copysignf(floorf(fabsf(y) + (float)(h >> 8) * (1.0f / 16777216.0f)), y)
-                   : rintf(y);
-    return (int)fminf(fmaxf(y, -127.f), 127.f);
+// q = round(y) (half to even) or sign(y) * floor(|y| + u), u = 24 random bits / 2^24, exactly as
+// quantize.py does it, for y = v * inv clamped to +-127. No conversion instruction: FRND and F2I
+// issue at 16 a clock per SM on Hopper (a quarter of the integer rate), and an int8 epilogue is
+// two of them per element. Instead, adding MAGIC = 1.5 * 2^23 to |x| < 2^22 leaves round(x) in the
+// low bits of the sum (the floats in [2^23, 2^24) are the integers), and the add rounded toward
+// zero leaves floor(x) for x >= 0.
+template <bool SR>
+__device__ __forceinline__ int quantize_one(float v, float inv, unsigned h) {
+    constexpr float MAGIC = 12582912.f;
+    constexpr int MAGIC_BITS = 0x4B400000;
+    const float y = fminf(fmaxf(v * inv, -127.f), 127.f);
+    if (!SR) return __float_as_int(y + MAGIC) - MAGIC_BITS;
+    const float t = fabsf(y) + (float)(h >> 8) * (1.0f / 16777216.0f);      // < 128
+    const int r = __float_as_int(__fadd_rz(t, MAGIC)) - MAGIC_BITS;
+    return y < 0.f ? -r : r;
 }
 
-// q[row, col..col+1] (Mp x Np int8); the random stream is a hash of (seed, row, col).
+// The int8 pair (v0, v1) of C[row, col..col+1] as 2 bytes, RTN or SR (a template argument: a
+// runtime flag per pair compiles to branches around every element); the random stream is a hash
+// of (seed, row, col), so each row's hash is shared by its pairs.
+template <bool SR>
+__device__ __forceinline__ unsigned short int8_pair(float v0, float v1, float inv, unsigned seed,
+                                                    int row, int col) {
+    const unsigned hr = SR ? hash32(seed ^ ((unsigned)row * 0x9e3779b9u)) : 0u;
+    const int q0 = quantize_one<SR>(v0, inv, SR ? hash32(hr + col) : 0u);
+    const int q1 = quantize_one<SR>(v1, inv, SR ? hash32(hr + col + 1) : 0u);
+    return (unsigned short)((q0 & 0xff) | (q1 << 8));
+}
+
+// q[row, col..col+1] (Mp x Np int8). Computed whether or not the pair is inside C, and only the
+// store is skipped past its edges: no branch around the arithmetic, so the compiler interleaves
+// the pairs of an epilogue.
+template <bool SR>
 __device__ __forceinline__ void store_int8_pair(signed char* q, int Mp, int Np, int row, int col,
-                                                float v0, float v1, float inv,
-                                                int stochastic, unsigned seed) {
-    if (row >= Mp || col >= Np) return;
-    const unsigned hr = stochastic ? hash32(seed ^ ((unsigned)row * 0x9e3779b9u)) : 0u;
-    const int q0 = quantize_one(v0, inv, stochastic, stochastic ? hash32(hr + col) : 0u);
-    const int q1 = quantize_one(v1, inv, stochastic, stochastic ? hash32(hr + col + 1) : 0u);
-    *(unsigned short*)(q + (long long)row * Np + col) = (unsigned short)((q0 & 0xff) | (q1 << 8));
+                                                float v0, float v1, float inv, unsigned seed) {
+    const unsigned short p = int8_pair<SR>(v0, v1, inv, seed, row, col);
+    if (row < Mp && col < Np) *(unsigned short*)(q + (long long)row * Np + col) = p;
 }
 """
 
@@ -366,6 +386,22 @@ __device__ __forceinline__ void epilogue_float(const float (&acc)[MI][NI][4], in
 // Re-quantize the tile in QB x QB blocks. A warp tile (64 x 32) lies in RB_WARP blocks of one
 // block column: absmax per block = thread max -> warp shuffle max -> shared atomicMax (the bits
 // of a float >= 0 order like ints) over the CTA's (BM/QB) x (BN/QB) blocks.
+// The warp's MI x NI m16n8 accumulator tiles -> int8 (row0, col0: this thread's first pair)
+template <bool SR>
+__device__ __forceinline__ void store_int8_tile(const float (&acc)[MI][NI][4], const float (&inv)[RB_WARP],
+                                                signed char* q, int Mp, int Np, int row0, int col0,
+                                                unsigned seed) {
+    #pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+        #pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+            const int row = row0 + 16 * mi, col = col0 + 8 * ni;
+            const float s = inv[16 * mi / QB];
+            store_int8_pair<SR>(q, Mp, Np, row, col, acc[mi][ni][0], acc[mi][ni][1], s, seed);
+            store_int8_pair<SR>(q, Mp, Np, row + 8, col, acc[mi][ni][2], acc[mi][ni][3], s, seed);
+        }
+}
+
 __device__ __forceinline__ void epilogue_int8(const float (&acc)[MI][NI][4], int m0, int n0,
                                               int Mp, int Np, signed char* q, float* q_s,
                                               int stochastic, unsigned seed) {
@@ -404,15 +440,8 @@ __device__ __forceinline__ void epilogue_int8(const float (&acc)[MI][NI][4], int
         if (bi < Mp / QB && bj < Np / QB) q_s[(long long)bi * (Np / QB) + bj] = __int_as_float(bmax[i]) / 127.f;
     }
     const int row0 = m0 + warp_m * WM + lane / 4, col0 = n0 + warp_n * WN + 2 * (lane % 4);
-    #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-        #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-            const int row = row0 + 16 * mi, col = col0 + 8 * ni;
-            const float s = inv[16 * mi / QB];
-            store_int8_pair(q, Mp, Np, row, col, acc[mi][ni][0], acc[mi][ni][1], s, stochastic, seed);
-            store_int8_pair(q, Mp, Np, row + 8, col, acc[mi][ni][2], acc[mi][ni][3], s, stochastic, seed);
-        }
+    if (stochastic) store_int8_tile<true>(acc, inv, q, Mp, Np, row0, col0, seed);
+    else store_int8_tile<false>(acc, inv, q, Mp, Np, row0, col0, seed);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
@@ -421,7 +450,7 @@ gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ A
                   int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate) {
     extern __shared__ __align__(128) unsigned char smem[];
     int m0, n0;
-    tile_origin(Mp, Np, m0, n0);
+    tile_origin(blockIdx.x, Mp, Np, m0, n0);
     float acc[MI][NI][4];
     gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0);
     epilogue_float(acc, m0, n0, M, N, out, out_bf16, accumulate);
@@ -435,7 +464,7 @@ gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As
     extern __shared__ __align__(128) unsigned char smem[];
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     int m0, n0;
-    tile_origin(Mp, Np, m0, n0);
+    tile_origin(blockIdx.x, Mp, Np, m0, n0);
     float acc[MI][NI][4];
     gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0);
     epilogue_int8(acc, m0, n0, Mp, Np, q, q_s, stochastic, seed);

@@ -8,7 +8,9 @@ partial sum P is exact; it is "promoted" into an fp32 accumulator as acc += floa
 (DeepGEMM's FP8 promotion, here every QB of K). Epilogues are int8_gemm_mma.py's per-pair store
 functions (GEMM_STORE_SRC): fp32 / bf16 / += fp32, int8 RTN, int8 stochastic rounding.
 
-One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
+One CTA = 3 warpgroups (384 threads), one per SM (persistent), walking the 128 x 128 tiles of C
+(tiles b, b + gridDim.x, ...; the producer fills the ring for the next tile while the consumers
+finish this one):
 
     warpgroup 0, producer (setmaxnreg 40):   TMA copies of A's and B's 128 x 128-byte tiles (and
                                              cp.async of the 4 B scales) into a STAGES-deep ring,
@@ -27,6 +29,9 @@ One CTA = 3 warpgroups (384 threads) and one 128 x 128 tile of C:
 The two consumer warpgroups interleave too: one's promotion runs while the other's wgmma
 occupies the tensor cores. Partial tiles: rows past Mp / Np and K past Kp are zero-filled by
 TMA, their scales load as 0, and the stores are masked; so any Mp, Np, Kp multiple of QB works.
+The int8 epilogues write the tile's bytes into shared memory (swizzled like the operands) and one
+thread stores it with TMA: 2-byte stores from the registers took longer than the rest of the
+epilogue (notes/epilogue_probe.log).
 
 The shared-memory layout, the PTX wrappers and the producer are in int8_gemm_sm90_ring.py; the
 fused fallback plane (the fallback operand's second plane, fallback.py, run as extra K-blocks
@@ -53,9 +58,10 @@ before that 2.62 and 1.90 (other 0.62).
 
 Measured on an H100 (results/bench_gpu.md), against cuBLAS bf16 over the 15 GEMM rows, before
 the descriptor change: QB = 32 magic 0.37-0.78x, exact 0.34-0.63x; QB = 64 magic 0.43-0.97x;
-QB = 128 0.47-1.07x. The descriptor change, A/B on two shapes (notes/gemm_sm90.md, v4): QB = 32
-2-7% faster, QB = 64 1-4%, QB = 128 unchanged; the bench table is not yet re-run. Limits: the
-promotion's issue work at QB = 32 and 64, operand delivery (cp.async, 128 x 128 tiles) at 128.
+QB = 128 0.47-1.07x. Since then (notes/gemm_sm90.md, v4 and v6): hoisted descriptors (2-7%
+at QB = 32), TMA loads (0.81-1.00x the time), a persistent grid (0.85-1.04x) and the TMA-stored
+int8 epilogue (up to 0.7x the time at K = 768). Limits: the promotion's issue work at QB = 32
+and 64, operand delivery (128 x 128 tiles, no multicast) at 128.
 """
 from functools import lru_cache
 
@@ -92,15 +98,13 @@ __device__ __forceinline__ Consumer make_consumer(unsigned base, int wg, int rb)
     return Consumer{base, wg, desc_lo(base + wg * 64 * BK), desc_lo(base + SMEM_B), rb};
 }
 
-// Stage kt of the ring as the consumers see it: its slot and the parity of the phase of its full
-// barrier that they wait for (the producer's stage kt completes phase kt / STAGES of the slot).
+// Stage g of the ring (counted over all of the CTA's tiles) as the consumers see it: its slot
+// g % STAGES and the parity of the phase of its full barrier that they wait for (the producer's
+// stage g completes phase g / STAGES of the slot). Stage{0, 0} is the first.
 struct Stage {
     int slot;
     unsigned parity;
 };
-__device__ __forceinline__ Stage stage_at(int kt) {
-    return Stage{kt % STAGES, (unsigned)(kt / STAGES) & 1};
-}
 __device__ __forceinline__ Stage next_stage(Stage s) {
     return s.slot == STAGES - 1 ? Stage{0, s.parity ^ 1} : Stage{s.slot + 1, s.parity};
 }
@@ -199,16 +203,16 @@ __device__ __forceinline__ Stage group_stages(Stage (&s)[G / KBS], Stage st) {
 
 # consume(): the consumer warpgroups' K loop; int8_gemm_sm90_pp.py swaps in its ping-pong one
 SM90_CONSUME_SRC = r"""
-// Consumer warpgroup cs.wg: acc = its 64 x 128 slice of the tile. Register i of a thread (warp w
+// Consumer warpgroup cs.wg: acc = its 64 x 128 slice of the tile, from the KT stages starting at
+// st; returns the stage after them. Register i of a thread (warp w
 // of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
 // per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
 // K-blocks go in groups of G, ping-ponging between D[0] and D[1]; every group ends with no
 // wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
-__device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, int KT) {
+__device__ __forceinline__ Stage consume(float (&acc)[NACC], const Consumer& cs, Stage st, int KT) {
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    Stage st{0, 0};
     for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
         Stage s[G / KBS];
         st = group_stages(s, st);
@@ -221,6 +225,7 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, 
         }
         finish_kblock<0>(acc, d[(G - 1) % 2], cs, s[G / KBS - 1], KBS - 1);
     }
+    return st;
 }
 
 """
@@ -255,11 +260,10 @@ __device__ __forceinline__ void sub_bias(float (&acc)[NACC], const float (&c)[CB
 // magic-number promotion: buffer b takes K-blocks b, b + 2, ... of the group. Promoting K-block
 // g - 1 needs c of K-block g + 1 (its buffer's next), read ahead: a stage opened by a K-block
 // x >= 2 is waited for there (iteration x - 1), before its first wgmma is issued.
-__device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, int KT) {
+__device__ __forceinline__ Stage consume(float (&acc)[NACC], const Consumer& cs, Stage st, int KT) {
     int d[2][NACC];
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
-    Stage st{0, 0};
     for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
         Stage s[G / KBS];
         st = group_stages(s, st);
@@ -305,45 +309,46 @@ __device__ __forceinline__ void consume(float (&acc)[NACC], const Consumer& cs, 
         promote<true>(acc, d[(G - 1) % 2], c[(G - 1) % 2]);
         release(cs, s[G / KBS - 1]);
     }
+    return st;
 }
 
 """
 
 SM90_EPILOGUE_SRC = r"""
+// A consumer thread's accumulators -> int8, into the C tile in shared memory (ctile), rows of
+// 128 bytes with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), as TMA's
+// SWIZZLE_128B reads it: a warp's 8 rows then hit 8 different chunks, no bank conflict). r, c0:
+// the thread's first pair in the tile; row, col0: in C (the SR hash is of C's coordinates).
+template <bool SR>
+__device__ __forceinline__ void stage_int8_rows(const float (&acc)[NACC], const float (&inv)[CBS],
+                                                unsigned ctile, int r, int c0, int row, int col0,
+                                                unsigned seed) {
+    #pragma unroll
+    for (int i = 0; i < NACC; i += 4) {
+        const float s = inv[(i / 4) * 8 / QB];
+        const int c = c0 + 2 * i;                      // (i / 4) * 8 + 2 (lane % 4)
+        #pragma unroll
+        for (int h = 0; h < 2; ++h) {                  // rows r and r + 8: the same r % 8
+            const unsigned short p = int8_pair<SR>(acc[i + 2 * h], acc[i + 2 * h + 1], s, seed,
+                                                   row + 8 * h, col0 + 2 * i);
+            const unsigned at = ctile + (r + 8 * h) * 128 + (((c / 16) ^ (r % 8)) << 4) + c % 16;
+            asm volatile("st.shared.u16 [%0], %1;\n" :: "r"(at), "h"(p) : "memory");
+        }
+    }
+}
+
+// Consumer thread ct's share of the tile at (m0, n0): out = acc (fp32 / bf16 / += fp32), or the
+// int8 blocks of acc with their scales (through the C tile in shared memory and a TMA store by
+// thread 0, with q_map). bmax: this tile's RBS x CBS block absmax words (zero),
+// bmax_next the next tile's, zeroed here: the CTA's tiles take turns over three sets of them, so
+// that the one zeroed was last read two tiles ago, before every consumer thread passed the
+// previous tile's consumer_sync, and is next written after this one's.
 template <int OUT_INT8>
-__device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
-        const signed char* A, const float* As, const signed char* B,
-        const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
-        float* q_s, int stochastic, unsigned seed, const Plane& pl) {
-    extern __shared__ unsigned char smem_raw[];
-    const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
-    int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
-    int m0, n0;
-    tile_origin(Mp, Np, m0, n0);
-    if (threadIdx.x < STAGES) {
-        mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
-        mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    if (threadIdx.x < RBS * CBS) bmax[threadIdx.x] = 0;
-    __syncthreads();
-    if (threadIdx.x < 128) {
-        setmaxnreg_dec<40>();
-        if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
-        produce(base, a_map, b_map, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl);
-        return;
-    }
-    setmaxnreg_inc<232>();
-    // the consumer warp (0-7) from lane 0: the compiler then sees wg, warp and rb warp-uniform
-    const int ct = threadIdx.x - 128, cw = __shfl_sync(0xffffffffu, ct / 32, 0), lane = ct % 32;
-    const int wg = cw / 4, warp = cw % 4;
-    const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
-    const Consumer cs = make_consumer(base, wg, rb);
-    float acc[NACC];
-    const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
-    consume(acc, cs, KT0);
-    if (pl.halves == 2) consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, KT0, KT, wg * KBS / 2);
-    else consume_plane<KBS>(acc, cs, KT0, KT, 0);
+__device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, int m0, int n0,
+        int Mp, int Np, int M, int N, void* out, int out_bf16, int accumulate, float* q_s,
+        int stochastic, unsigned seed, int* bmax, int* bmax_next, unsigned base,
+        const TensorMap* q_map) {
+    const int wg = ct / 128, warp = ct / 32 % 4, lane = ct % 32;
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
         #pragma unroll
@@ -366,6 +371,8 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
         for (int off = 16; off > 0; off /= 2) amax[cb] = fmaxf(amax[cb], __shfl_xor_sync(0xffffffffu, amax[cb], off));
         if (lane == 0) atomicMax(&bmax[rb * CBS + cb], __float_as_int(amax[cb]));
     }
+    if (ct < RBS * CBS) bmax_next[ct] = 0;
+    if (ct == 0) bulk_wait_read();                    // the last tile's store has read the C tile
     consumer_sync();
     if (ct < RBS * CBS) {
         const int bi = m0 / QB + ct / CBS, bj = n0 / QB + ct % CBS;
@@ -377,13 +384,64 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
         const float m = __int_as_float(bmax[rb * CBS + cb]);
         inv[cb] = m > 0.f ? 127.f / m : 0.f;
     }
-    signed char* q = (signed char*)out;
-    #pragma unroll
-    for (int i = 0; i < NACC; i += 4) {
-        const float s = inv[(i / 4) * 8 / QB];
-        store_int8_pair(q, Mp, Np, row, col0 + 2 * i, acc[i], acc[i + 1], s, stochastic, seed);
-        store_int8_pair(q, Mp, Np, row + 8, col0 + 2 * i, acc[i + 2], acc[i + 3], s, stochastic, seed);
+    // the tile's int8 -> the C tile in shared memory -> one TMA store (full 128-byte rows; 2-byte
+    // stores straight from the registers cost more than the rest of the epilogue)
+    const unsigned ctile = base + SMEM_C;
+    const int r = row - m0, c0 = col0 - n0;
+    if (stochastic) stage_int8_rows<true>(acc, inv, ctile, r, c0, row, col0, seed);
+    else stage_int8_rows<false>(acc, inv, ctile, r, c0, row, col0, seed);
+    fence_proxy_async();                              // st.shared -> visible to the TMA's reads
+    consumer_sync();
+    if (ct == 0) tma_store(q_map, n0, m0, ctile);
+}
+
+// The kernel body. The grid is at most one CTA per SM (it holds 165 KB of shared memory and all
+// 64K registers); CTA b computes tiles b, b + gridDim.x, ... (tile_origin's order), the producer
+// running ahead into the next tile while the consumers finish this one.
+template <int OUT_INT8>
+__device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
+        const TensorMap* q_map, const signed char* A, const float* As, const signed char* B,
+        const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
+        float* q_s, int stochastic, unsigned seed, const Plane& pl) {
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
+    int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
+    if (threadIdx.x < STAGES) {
+        mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
+        mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
+    if (threadIdx.x < 3 * RBS * CBS) bmax[threadIdx.x] = 0;
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        setmaxnreg_dec<40>();
+        if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
+        produce(base, a_map, b_map, A, As, B, Bs, Mp, Np, Kp, pl);
+        return;
+    }
+    setmaxnreg_inc<232>();
+    // the consumer warp (0-7) from lane 0: the compiler then sees wg, warp and rb warp-uniform
+    const int ct = threadIdx.x - 128, cw = __shfl_sync(0xffffffffu, ct / 32, 0);
+    const int wg = cw / 4, warp = cw % 4;
+    const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
+    const Consumer cs = make_consumer(base, wg, rb);
+    const int KT0 = plain_stages(Kp);
+    Stage st{0, 0};
+    for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
+        int m0, n0;
+        tile_origin(tile, Mp, Np, m0, n0);
+        float acc[NACC];
+        st = consume(acc, cs, st, KT0);
+        if (pl.count) {
+            const int np = plane_stages(pl, m0, n0);
+            if (pl.halves == 2) st = consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, st, np, wg * KBS / 2);
+            else st = consume_plane<KBS>(acc, cs, st, np, 0);
+        }
+        store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, accumulate, q_s,
+                             stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
+                             base, q_map);
+    }
+    if (OUT_INT8 && ct == 0) bulk_wait_read();        // the C tile must outlive the last store's reads
 }
 
 // p_*: the second plane (struct Plane); p_count = nullptr for none
@@ -395,20 +453,20 @@ gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_con
                        const signed char* p_q2, const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                        int p_on_b) {
-    gemm_sm90<0>(&a_map, &b_map, A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
+    gemm_sm90<0>(&a_map, &b_map, nullptr, A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
                  Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
-                      const signed char* __restrict__ A, const float* __restrict__ As,
+                      const __grid_constant__ TensorMap q_map, const signed char* __restrict__ A, const float* __restrict__ As,
                       const signed char* __restrict__ B, const float* __restrict__ Bs,
                       signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
                       const unsigned* __restrict__ salt, const signed char* p_q2, const int* p_list, const int* p_count,
                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                       int p_on_b) {
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
-    gemm_sm90<1>(&a_map, &b_map, A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
+    gemm_sm90<1>(&a_map, &b_map, &q_map, A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
                  Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
 }
 """
@@ -453,20 +511,27 @@ def _check(a, b):
     assert a.q.data_ptr() % 16 == 0 and b.q.data_ptr() % 16 == 0, "TMA needs 16 B alignment"
 
 
-def _launch(name, a, b, args, exact, source, tma):
-    """Launch kernel `name` over the tiles of C = A @ B^T, args after the operands' tensor maps:
-    the arguments shared by both kernels."""
+@lru_cache(maxsize=None)
+def _sm_count(device_index):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _launch(name, a, b, args, exact, source, tma, persistent, out_map=()):
+    """Launch kernel `name` over the tiles of C = A @ B^T: the tensor maps of the operands and
+    out_map (the int8 kernel's output), then args. persistent: one CTA per SM walks the 128 x 128 tiles
+    (else one CTA per tile, the kernel before persistence, kept for A/B timing)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    grid = (cdiv(Mp, TILE) * cdiv(Np, TILE),)       # one CTA per 128 x 128 tile
+    tiles = cdiv(Mp, TILE) * cdiv(Np, TILE)
+    grid = (min(tiles, _sm_count(a.q.device.index)) if persistent else tiles,)
     code, defines = _source(a.qblock, Kp, exact, source)
     kernel = _kernel(name, a.qblock, a.q.device.index, code, defines + (f"TMA={int(tma)}",))
-    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp))
+    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp)) + out_map
     launch(kernel, grid, (THREADS,), maps + args + plane_args(a, b),
            shared_mem=_smem_bytes(a.qblock))
 
 
-def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True):
+def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True, persistent=True):
     """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source); tma=False:
     the plain tiles by cp.async (the kernel before TMA, kept for A/B timing)."""
@@ -474,13 +539,14 @@ def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True):
     _launch("gemm_sm90_float_kernel", a, b,
             (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
              np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
-            exact, source, tma)
+            exact, source, tma, persistent)
 
 
-def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, tma=True):
+def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, tma=True,
+                persistent=True):
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     _launch("gemm_sm90_int8_kernel", a, b,
             (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
              np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
-            exact, source, tma)
+            exact, source, tma, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))

@@ -95,15 +95,14 @@ __device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2,
 
 # consume_plane: after the K-block steps (issue_wgmma, promote_kblock: int8_gemm_sm90.py)
 CONSUME_PLANE_SRC = r"""
-// The plane's stages kt0 .. KT-1 (after consume()'s loop over the plain ones): per stage, this
+// The plane's n stages from st on (after consume()'s loop over the plain ones): per stage, this
 // warpgroup's N K-block columns from j0 (all KBS, or its half's KBS / 2), D[0] / D[1]
-// alternating, the exact promotion; the stage is freed after its last.
+// alternating, the exact promotion; the stage is freed after its last. Returns the stage after.
 template <int N>
-__device__ __forceinline__ void consume_plane(float (&acc)[NACC], const Consumer& cs, int kt0,
-                                              int KT, int j0) {
+__device__ __forceinline__ Stage consume_plane(float (&acc)[NACC], const Consumer& cs, Stage st,
+                                               int n, int j0) {
     int d[2][NACC];
-    Stage st = stage_at(kt0);
-    for (int kt = kt0; kt < KT; ++kt, st = next_stage(st)) {
+    for (int e = 0; e < n; ++e, st = next_stage(st)) {
         wait_full(cs, st);
         issue_wgmma(d[0], cs, st, j0);
         #pragma unroll
@@ -114,6 +113,7 @@ __device__ __forceinline__ void consume_plane(float (&acc)[NACC], const Consumer
         promote_kblock<0>(acc, d[(N - 1) % 2], cs, st, j0 + N - 1);
         release(cs, st);
     }
+    return st;
 }
 
 """

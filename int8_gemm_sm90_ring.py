@@ -6,13 +6,14 @@ int8_gemm_sm90.py from these pieces, its own and the fallback plane's (int8_gemm
 
 Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle atom):
 
-    [A ring: STAGES x 16 KB][B ring: STAGES x 16 KB][scale ring: STAGES x SCALE_FLOATS fp32]
-    [full barriers: STAGES x 8 B][empty barriers: STAGES x 8 B][block absmax: RBS x CBS int32]
+    [A ring: STAGES x 16 KB][B ring: STAGES x 16 KB][C tile: 16 KB, the int8 epilogue's]
+    [scale ring: STAGES x SCALE_FLOATS fp32][full barriers: STAGES x 8 B][empty barriers: STAGES x 8 B]
+    [block absmax: 3 x RBS x CBS int32]
 
 A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
 K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored with
 the 128-byte swizzle (the comment above desc_lo): TMA writes it so, and the fallback plane's
-cp.async copies write it by hand. In all: 165,648 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
+cp.async copies write it by hand. In all: 182,160 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
 the 227 KB an H100 CTA may use.
 
 PTX wrappers (SM90_PTX_SRC): TMA (the tensor map, cp.async.bulk.tensor, mbarrier expect_tx),
@@ -77,10 +78,11 @@ constexpr int G = KGROUP;                    // K-blocks per consumer loop itera
 constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
 static_assert(BM == 128 && BN == 128 && BK == 128, "the copy mapping below assumes 128 x 128 B");
-// shared memory: [A ring][B ring][scale ring][full barriers][empty barriers][block absmax]
-constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_S = 2 * STAGES * TILE_BYTES;
+// shared memory: [A ring][B ring][C tile][scale ring][full barriers][empty barriers][block absmax]
+constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_C = 2 * STAGES * TILE_BYTES;
+constexpr int SMEM_S = SMEM_C + BM * BN;     // C tile: the int8 epilogue's 16 KB, 1024-aligned
 constexpr int SMEM_BAR = SMEM_S + STAGES * SCALE_FLOATS * 4, SMEM_BMAX = SMEM_BAR + 16 * STAGES;
-constexpr int SMEM_BYTES = SMEM_BMAX + 4 * RBS * CBS + 1024;   // + 1024: base alignment slack
+constexpr int SMEM_BYTES = SMEM_BMAX + 3 * 4 * RBS * CBS + 1024;   // + 1024: base alignment slack
 static_assert(SMEM_BYTES <= 227 * 1024, "the ring must fit in an H100's 227 KB of shared memory");
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -129,6 +131,16 @@ __device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* map, int
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3}], [%4];\n"
                  :: "r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar) : "memory");
+}
+// src -> the box whose first element is (row, col), clipped at the array's edges; a bulk group
+// of its own, whose reads of src bulk_wait_read waits for
+__device__ __forceinline__ void tma_store(const TensorMap* map, int col, int row, unsigned src) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n"
+                 "cp.async.bulk.commit_group;\n"
+                 :: "l"(map), "r"(col), "r"(row), "r"(src) : "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy
 __device__ __forceinline__ void fence_proxy_async() {
@@ -227,52 +239,27 @@ __device__ __forceinline__ void scale_role(int t, int m0, int n0, bool& is_a, in
     j = u / nb;
 }
 
-// Producer warpgroup: per stage, the A and B tiles (copy_plain / copy_plane) and, thread
-// t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. Two
-// loops, the plain stages and then the plane's, so that neither carries the other's registers
-// (the producer has 40).
-__device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
-                        const signed char* A, const float* As, const signed char* B,
-                        const float* Bs, int Mp, int Np, int Kp, int m0, int n0, const Plane& pl) {
-    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB;
-    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
-    bool is_a;
-    int blk, j;
-    scale_role(t, m0, n0, is_a, blk, j);
-    const unsigned s_dst = base + SMEM_S + 4 * t;
-    const int KT0 = plain_stages(Kp), KT = KT0 + plane_stages(pl, m0, n0);
-    int kt = 0;
-    for (; kt < KT0; ++kt) {
-        const int slot = kt % STAGES;
-        const unsigned full = base + SMEM_BAR + 8 * slot;
-        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
-#if TMA
-        if (t == 0) {                    // one thread moves both 16 KB tiles
-            mbar_expect_tx(full, 2 * TILE_BYTES);
-            tma_load(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
-            tma_load(base + SMEM_B + slot * TILE_BYTES, b_map, kt * BK, n0, full);
-        }
-#else
-        const int kb = kt * KBS + 16 * c / QB;
-        copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
-        copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
-#endif
-        if (t < SCALE_FLOATS) {
-            const int kbj = kt * KBS + j;
-            const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;
-            const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kbj : 0);
-            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src, ok ? 4 : 0);
-        }
-        cp_async_arrive(full);
-    }
-    if (KT == KT0) return;
-    // The plane's stages. My chunk's column has one list (col); my plane rows 8 g .. 8 g + 7 one
-    // row block in it (rb; outside it when halves = 2 and the rows are the other half's: not
-    // copied, that half never reads this column). The list entries (K-block, slot) of each stage
-    // are loaded one stage ahead, so the copies never wait for them.
-    const int per = KBS / pl.halves, rl = RBS / pl.halves, g = t / 8;
+// The tiles this CTA computes: tile blockIdx.x, then every gridDim.x-th after it (the grid is at
+// most one CTA per SM, so the producer fills the ring for the next tile while the consumers
+// store this one)
+__device__ __forceinline__ int tile_count(int Mp, int Np) {
+    return ((Mp + BM - 1) / BM) * ((Np + BN - 1) / BN);
+}
+
+// The fallback plane's stages of the tile at (m0, n0), from stage g of the ring on (see produce):
+// the listed K-blocks, the plane in place of its operand. My chunk's column has one list (col);
+// my plane rows 8 gr .. 8 gr + 7 one row block in it (rb; outside it when halves = 2 and the rows
+// are the other half's: not copied, that half never reads this column). The list entries
+// (K-block, slot) of each stage are loaded one stage ahead, so the copies never wait for them.
+// Returns the stage after the last.
+__device__ int produce_plane(unsigned base, const signed char* A, const float* As,
+                             const signed char* B, const float* Bs, int Mp, int Np, int Kp,
+                             int m0, int n0, const Plane& pl, int g) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, gr = t / 8;
+    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4), s_dst = base + SMEM_S + 4 * t;
+    const int per = KBS / pl.halves, rl = RBS / pl.halves, n = plane_stages(pl, m0, n0);
     const PlaneColumn col = plane_column(pl, m0, n0, 16 * c / QB);
-    const int rb = 8 * g / QB - col.h * rl;
+    const int rb = 8 * gr / QB - col.h * rl;
     const bool has_rows = rb >= 0 && rb < rl;
     int kb_next = -1, slot_next = -1;
     auto fetch = [&](int e) {                            // the entries of the plane's stage e
@@ -281,19 +268,21 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
         slot_next = i < col.n && has_rows ? pl.slot[(long long)(col.first + i) * rl + rb] : -1;
     };
     fetch(0);
-    for (int e = 0; kt < KT; ++kt, ++e) {
-        const int slot = kt % STAGES, kb = kb_next, s = slot_next;
+    for (int e = 0; e < n; ++e, ++g) {
+        const int slot = g % STAGES, kb = kb_next, s = slot_next;
         fetch(e + 1);
-        if (kt >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (kt / STAGES + 1) & 1);
+        if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
         const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
         if (pl.on_b) {
             copy_plain(sA, opaque(dst), A, m0, Mp, Kp, kb, r0, c);
-            copy_plane(sB, pl.q2, s, g, c);
+            copy_plane(sB, pl.q2, s, gr, c);
         } else {
-            if (has_rows) copy_plane(sA, pl.q2, s, g, c);
+            if (has_rows) copy_plane(sA, pl.q2, s, gr, c);
             copy_plain(sB, opaque(dst), B, n0, Np, Kp, kb, r0, c);
         }
         if (t < SCALE_FLOATS) {          // (its role recomputed: fewer registers live in the loop)
+            bool is_a;
+            int blk, j;
             scale_role(opaque(t), m0, n0, is_a, blk, j);
             const PlaneColumn cj = plane_column(pl, m0, n0, j);
             const int i = e * per, rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
@@ -308,13 +297,61 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
         }
         cp_async_arrive(base + SMEM_BAR + 8 * slot);
     }
+    return g;
+}
+
+// Producer warpgroup, over this CTA's tiles: per stage, the A and B tiles (TMA, or copy_plain
+// when built with TMA=0) and, thread t < SCALE_FLOATS, one scale; then one arrival on the
+// stage's full barrier per thread. The ring's stages are counted over all tiles (g: slot
+// g % STAGES, its phase g / STAGES), so the next tile's first stages load while the consumers
+// still finish this one. Each tile's plain stages, then its plane's (produce_plane: a loop of
+// its own, so that neither carries the other's registers; the producer has 40).
+__device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
+                        const signed char* A, const float* As, const signed char* B,
+                        const float* Bs, int Mp, int Np, int Kp, const Plane& pl) {
+    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, KT0 = plain_stages(Kp);
+    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
+    const unsigned s_dst = base + SMEM_S + 4 * t;
+    int g = 0;
+    for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
+        int m0, n0;
+        tile_origin(tile, Mp, Np, m0, n0);
+        bool is_a;
+        int blk, j;
+        scale_role(t, m0, n0, is_a, blk, j);
+        for (int kt = 0; kt < KT0; ++kt, ++g) {
+            const int slot = g % STAGES;
+            const unsigned full = base + SMEM_BAR + 8 * slot;
+            if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
+#if TMA
+            if (t == 0) {                    // one thread moves both 16 KB tiles
+                mbar_expect_tx(full, 2 * TILE_BYTES);
+                tma_load(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
+                tma_load(base + SMEM_B + slot * TILE_BYTES, b_map, kt * BK, n0, full);
+            }
+#else
+            const int kb = kt * KBS + 16 * c / QB;
+            copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
+            copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
+#endif
+            if (t < SCALE_FLOATS) {
+                const int kbj = kt * KBS + j;
+                const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;
+                const float* src = (is_a ? As : Bs) + (ok ? (long long)blk * Kb + kbj : 0);
+                cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src, ok ? 4 : 0);
+            }
+            cp_async_arrive(full);
+        }
+        if (pl.count) g = produce_plane(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl, g);
+    }
 }
 """
 
 
 def _smem_bytes(qblock):
-    """SMEM_BYTES of the kernel source: the A and B rings, the scale ring, 2 x STAGES barriers,
-    the block absmax, and 1024 bytes to align the base to the 128 B swizzle atom."""
+    """SMEM_BYTES of the kernel source: the A and B rings, the int8 C tile, the scale ring,
+    2 x STAGES barriers,
+    the block absmax (3 tiles' worth), and 1024 bytes to align the base to the 128 B swizzle atom."""
     blocks, kblocks = TILE // qblock, 128 // qblock      # RBS = CBS, and KBS per stage
     scales = STAGES * 2 * blocks * kblocks * 4
-    return 2 * STAGES * TILE * 128 + scales + 16 * STAGES + 4 * blocks * blocks + 1024
+    return 2 * STAGES * TILE * 128 + TILE * TILE + scales + 16 * STAGES + 3 * 4 * blocks * blocks + 1024

@@ -68,9 +68,17 @@ def ptxas_report(log):
     return out, sorted({w for w in BAD if w in log})
 
 
+def first_innermost(loops):
+    """The body of the first loop, in program order, of (start, end, body) loops that holds no
+    other: the consumer K loop, inside the loop over the CTA's tiles."""
+    inner = [x for x in loops if not any(x[0] <= y[0] and y[1] <= x[1] and y[:2] != x[:2]
+                                         for y in loops)]
+    return min(inner)[2]
+
+
 def ptx_loop(ptx):
-    """PTX instructions of the consumer K loop of KERNEL: the first loop (a label and the last branch
-    back to it) whose body holds a wgmma."""
+    """PTX instructions of the consumer K loop of KERNEL: the first innermost loop (a label and the
+    last branch back to it) whose body holds a wgmma."""
     body = ptx[ptx.index(f".entry {KERNEL}"):]
     lines = [x.strip() for x in body.splitlines()]
     labels = {x[:-1]: i for i, x in enumerate(lines) if re.match(r"^\$\w+:$", x)}
@@ -80,14 +88,14 @@ def ptx_loop(ptx):
         if m and labels.get(m.group(1), i) < i:
             seg = lines[labels[m.group(1)]:i + 1]
             if any("wgmma.mma_async" in y for y in seg):
-                loops.append((labels[m.group(1)], -i, seg))
-    seg = min(loops)[2]
+                loops.append((labels[m.group(1)], i, seg))
+    seg = first_innermost(loops)
     return [y for y in seg if y and not y.startswith(("$", "//", "{", "}", ".reg"))]
 
 
 def sass_loop(sass):
-    """SASS instructions (opcode with modifiers) of the consumer K loop of KERNEL: the first loop
-    (backward branch) whose body holds an IGMMA."""
+    """SASS instructions (opcode with modifiers) of the consumer K loop of KERNEL: the first
+    innermost loop (backward branch) whose body holds an IGMMA."""
     text = sass[sass.index(f"Function : {KERNEL}"):]
     ins = [(int(m.group(1), 16), m.group(2)) for m in
            re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;", text)]
@@ -97,8 +105,8 @@ def sass_loop(sass):
         if m and int(m.group(1), 16) < pc:
             body = [x for p, x in ins if int(m.group(1), 16) <= p <= pc]
             if any("GMMA" in x for x in body):
-                loops.append((int(m.group(1), 16), -pc, body))
-    body = min(loops)[2]
+                loops.append((int(m.group(1), 16), pc, body))
+    body = first_innermost(loops)
     return [re.sub(r"^@!?U?P\w+\s+", "", x).split()[0] for x in body]
 
 
