@@ -526,20 +526,35 @@ def _launch(name, a, b, args, exact, source, tma, persistent, out_map=()):
     grid = (min(tiles, _sm_count(a.q.device.index)) if persistent else tiles,)
     code, defines = _source(a.qblock, Kp, exact, source)
     kernel = _kernel(name, a.qblock, a.q.device.index, code, defines + (f"TMA={int(tma)}",))
-    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp)) + out_map
-    launch(kernel, grid, (THREADS,), maps + args + plane_args(a, b),
+    launch(kernel, grid, (THREADS,), operand_maps(a, b) + out_map + args + plane_args(a, b),
            shared_mem=_smem_bytes(a.qblock))
+
+
+def float_args(a, b, c, M, N, accumulate):
+    """The float kernel's arguments after the operands' tensor maps, before the plane's."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    return (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
+            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
+
+
+def operand_maps(a, b):
+    """The tensor maps of A and B, the kernels' first two arguments."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    return tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp)
+
+
+def float_kernel_args(a, b, c, M, N, accumulate=False):
+    """The float kernel's whole argument list for C = A @ B^T (for notes/ scripts that launch
+    their own builds of the kernel)."""
+    return operand_maps(a, b) + float_args(a, b, c, M, N, accumulate) + plane_args(a, b)
 
 
 def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True, persistent=True):
     """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source); tma=False:
     the plain tiles by cp.async (the kernel before TMA, kept for A/B timing)."""
-    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    _launch("gemm_sm90_float_kernel", a, b,
-            (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
-             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate)),
-            exact, source, tma, persistent)
+    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, accumulate), exact, source,
+            tma, persistent)
 
 
 def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, tma=True,

@@ -12,8 +12,6 @@ float64 product exactly.
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import int8_gemm_sm90 as S  # noqa: E402
 from int8_gemm_sm90_ring import _smem_bytes  # noqa: E402
@@ -49,9 +47,7 @@ def main():
             grid = ((m // 128) * (n // 128),)
 
             def run(ta=ta, tb=tb):
-                launch(kern, grid, (384,), (ta.q, ta.s, tb.q, tb.s, c, np.int32(m), np.int32(n),
-                                            np.int32(m), np.int32(n), np.int32(k), np.int32(0),
-                                            np.int32(0)), shared_mem=smem)
+                launch(kern, grid, (384,), S.float_kernel_args(ta, tb, c, m, n), shared_mem=smem)
             c.fill_(float("nan"))
             run()
             err = ((c[:256] - ref).norm() / ref.norm()).item()
@@ -61,9 +57,9 @@ def main():
             qa = torch.randint(-127, 128, (256, k), device="cuda", dtype=torch.int8)
             qb_ = torch.randint(-127, 128, (256, k), device="cuda", dtype=torch.int8)
             cu = torch.empty(256, 256, device="cuda")
-            launch(kern, (4,), (384,), (qa, ones_a[:256 // qb].contiguous(), qb_, ones_b[:256 // qb].contiguous(),
-                                        cu, np.int32(256), np.int32(256), np.int32(256), np.int32(256),
-                                        np.int32(k), np.int32(0), np.int32(0)), shared_mem=smem)
+            ua = QTensor(qa, ones_a[:256 // qb].contiguous(), torch.Size((256, k)), qb)
+            ub = QTensor(qb_, ones_b[:256 // qb].contiguous(), torch.Size((256, k)), qb)
+            launch(kern, (4,), (384,), S.float_kernel_args(ua, ub, cu, 256, 256), shared_mem=smem)
             exact = torch.equal(cu.double(), qa.double() @ qb_.double().t())
             tops = 2 * m * n * k / t / 1e9
             print(f"| {name} | {qb} | {g} | {m}x{k}x{n} | {t:.3f} | {tops:.0f} | {t16 / t:.2f} | {err:.1e} | {exact} |",

@@ -96,12 +96,11 @@ def load_cubin(kind, qb, rule):
 def gemm_runner(kern, ta, tb, c):
     """A no-argument launch of kernel `kern` computing c (M x N fp32) = A B^T, no plane: the
     argument list of int8_gemm_sm90.launch_float."""
-    import numpy as np
+    from int8_gemm_sm90 import float_kernel_args
     from int8_gemm_sm90_ring import _smem_bytes
     from quantize import launch
-    (m, k), n, qb = ta.q.shape, tb.q.shape[0], ta.qblock
-    args = (ta.q, ta.s, tb.q, tb.s, c, np.int32(m), np.int32(n), np.int32(m), np.int32(n),
-            np.int32(k), np.int32(0), np.int32(0)) + (np.uint64(0),) * 5 + (np.int32(0),) * 3
+    m, n, qb = ta.q.shape[0], tb.q.shape[0], ta.qblock
+    args = float_kernel_args(ta, tb, c, m, n)
     return lambda: launch(kern, ((m // 128) * (n // 128),), (384,), args, shared_mem=_smem_bytes(qb))
 
 
