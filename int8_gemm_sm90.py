@@ -516,52 +516,53 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _launch(name, a, b, args, exact, source, tma, persistent, out_map=()):
-    """Launch kernel `name` over the tiles of C = A @ B^T: the tensor maps of the operands and
-    out_map (the int8 kernel's output), then args. persistent: one CTA per SM walks the 128 x 128 tiles
-    (else one CTA per tile, the kernel before persistence, kept for A/B timing)."""
+def _arguments(a, b, args, out_map=()):
+    """A kernel's argument list: the operands' tensor maps, out_map (the int8 kernel's output
+    map), args, then the fallback plane's."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp))
+    return maps + out_map + args + plane_args(a, b)
+
+
+def _launch(name, a, b, args, exact, source, persistent, out_map=()):
+    """Launch kernel `name` over the tiles of C = A @ B^T (its arguments: _arguments).
+    persistent: one CTA per SM walks the 128 x 128 tiles (else one CTA per tile, the kernel
+    before persistence, kept for A/B timing)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     tiles = cdiv(Mp, TILE) * cdiv(Np, TILE)
     grid = (min(tiles, _sm_count(a.q.device.index)) if persistent else tiles,)
     code, defines = _source(a.qblock, Kp, exact, source)
-    kernel = _kernel(name, a.qblock, a.q.device.index, code, defines + (f"TMA={int(tma)}",))
-    launch(kernel, grid, (THREADS,), operand_maps(a, b) + out_map + args + plane_args(a, b),
+    kernel = _kernel(name, a.qblock, a.q.device.index, code, defines)
+    launch(kernel, grid, (THREADS,), _arguments(a, b, args, out_map),
            shared_mem=_smem_bytes(a.qblock))
 
 
 def float_args(a, b, c, M, N, accumulate):
-    """The float kernel's arguments after the operands' tensor maps, before the plane's."""
+    """The float kernel's own arguments (args of _arguments)."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     return (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
 
 
-def operand_maps(a, b):
-    """The tensor maps of A and B, the kernels' first two arguments."""
-    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    return tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp)
-
-
 def float_kernel_args(a, b, c, M, N, accumulate=False):
     """The float kernel's whole argument list for C = A @ B^T (for notes/ scripts that launch
     their own builds of the kernel)."""
-    return operand_maps(a, b) + float_args(a, b, c, M, N, accumulate) + plane_args(a, b)
+    return _arguments(a, b, float_args(a, b, c, M, N, accumulate))
 
 
-def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, tma=True, persistent=True):
+def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, persistent=True):
     """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
-    exact: the exact promotion even where the magic-number one applies (see _source); tma=False:
-    the plain tiles by cp.async (the kernel before TMA, kept for A/B timing)."""
+    exact: the exact promotion even where the magic-number one applies (see _source);
+    persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing)."""
     _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, accumulate), exact, source,
-            tma, persistent)
+            persistent)
 
 
-def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, tma=True,
-                persistent=True):
+def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persistent=True):
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     _launch("gemm_sm90_int8_kernel", a, b,
             (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
              np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
-            exact, source, tma, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))
+            exact, source, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))

@@ -30,8 +30,9 @@ slot's full barrier to expect 32 KB and issues two TMA copies, the 128 x 128-byt
 and B (tensor maps from tma.py; rows past Mp / Np and K past Kp read as zeros); thread
 t < SCALE_FLOATS cp.asyncs one scale (0 past the edges); then every producer thread arrives on
 the full barrier, which completes when all have arrived and the 32 KB have landed. (TMA against
-the earlier 128-thread cp.async of the tiles, copy_plain: 0.81-1.00x the time over bench.py's 45
-GEMM rows, notes/tma_ab.log; build with TMA=0 for the cp.async loads.) After the plain stages it
+the earlier 128-thread cp.async of the tiles with copy_plain: 0.81-1.00x the time over bench.py's
+45 GEMM rows, notes/tma_ab.log; that producer is in git history before commit 3051b06.) After
+the plain stages it
 runs the fallback plane's in a second loop (int8_gemm_sm90_plane.py: cp.async, one flagged
 block at a time), so that neither loop carries the other's registers.
 """
@@ -58,9 +59,6 @@ def _wgmma_wrapper(n):
 SM90_PTX_SRC = r"""
 #ifndef QB
 #define QB 32
-#endif
-#ifndef TMA
-#define TMA 1                                // the plain stages' tiles by TMA (0: cp.async)
 #endif
 constexpr int BM = 128, BN = 128;            // CTA tile of C; each consumer warpgroup 64 x 128
 constexpr int BK = 128;                      // bytes of K per stage: one 128-byte swizzle row
@@ -300,8 +298,8 @@ __device__ int produce_plane(unsigned base, const signed char* A, const float* A
     return g;
 }
 
-// Producer warpgroup, over this CTA's tiles: per stage, the A and B tiles (TMA, or copy_plain
-// when built with TMA=0) and, thread t < SCALE_FLOATS, one scale; then one arrival on the
+// Producer warpgroup, over this CTA's tiles: per stage, the A and B tiles (TMA) and, thread
+// t < SCALE_FLOATS, one scale; then one arrival on the
 // stage's full barrier per thread. The ring's stages are counted over all tiles (g: slot
 // g % STAGES, its phase g / STAGES), so the next tile's first stages load while the consumers
 // still finish this one. Each tile's plain stages, then its plane's (produce_plane: a loop of
@@ -309,8 +307,7 @@ __device__ int produce_plane(unsigned base, const signed char* A, const float* A
 __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
                         const signed char* A, const float* As, const signed char* B,
                         const float* Bs, int Mp, int Np, int Kp, const Plane& pl) {
-    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, KT0 = plain_stages(Kp);
-    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4);     // + 2048 i: (r0 + 16 i) % 8 == r0 % 8
+    const int t = threadIdx.x, Kb = Kp / QB, KT0 = plain_stages(Kp);
     const unsigned s_dst = base + SMEM_S + 4 * t;
     int g = 0;
     for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
@@ -323,17 +320,11 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
             const int slot = g % STAGES;
             const unsigned full = base + SMEM_BAR + 8 * slot;
             if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
-#if TMA
             if (t == 0) {                    // one thread moves both 16 KB tiles
                 mbar_expect_tx(full, 2 * TILE_BYTES);
                 tma_load(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
                 tma_load(base + SMEM_B + slot * TILE_BYTES, b_map, kt * BK, n0, full);
             }
-#else
-            const int kb = kt * KBS + 16 * c / QB;
-            copy_plain(base + slot * TILE_BYTES, dst, A, m0, Mp, Kp, kb < Kb ? kb : -1, r0, c);
-            copy_plain(base + SMEM_B + slot * TILE_BYTES, dst, B, n0, Np, Kp, kb < Kb ? kb : -1, r0, c);
-#endif
             if (t < SCALE_FLOATS) {
                 const int kbj = kt * KBS + j;
                 const bool ok = kbj < Kb && blk < (is_a ? Mp : Np) / QB;

@@ -2,14 +2,13 @@
 
     python3 notes/sm90_ab.py [--quick] [--fixed]
 
-The variants are launcher options of int8_gemm_sm90.py: the plain tiles by cp.async (tma=False,
-the kernel before TMA) or TMA, one CTA per tile (persistent=False) or one per SM walking the
-tiles. Default: bench.py's three GEMMs of each layer shape (fwd int8 out, dgrad int8 SR out,
+The variants are launcher options of int8_gemm_sm90.py: one CTA per tile (persistent=False) or
+one per SM walking the tiles. (Its first version also timed the plain tiles by cp.async against
+TMA: notes/tma_ab.log; the cp.async producer has since left the kernel.) Default: bench.py's three GEMMs of each layer shape (fwd int8 out, dgrad int8 SR out,
 wgrad fp32 out) at QB = 32, 64, 128 through gemm_cuda(kernel='wgmma'), with cuBLAS bf16 timed in
 the same run. --fixed: the per-tile fixed cost instead, M = 16384, N = 3072 at K = 256, 768, 3072
 in each output type, QB = 32. The variants alternate per row (clocks drift under sustained load),
 and their outputs must be equal bit for bit (the SR seed is fixed). Prints a markdown table.
-(notes/tma_ab.log came from this script's first version, with the first two variants.)
 """
 import functools
 import os
