@@ -277,9 +277,11 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
     absmax of random data: flags spread uniformly, the worst case for the kernel's 128 x 128
     stage granularity); stages: the fraction of (128-row tile, 128-K stage) pairs that run again.
     GPU time of the kernels (bench.kernel_ms on CUDA), the fallback's extra work included (the
-    K-block lists), the quantizer not. 0% flagged: no plane, so gemm() runs the plain default
-    kernel (the magic promotion on Hopper); the fallback kernel is the exact one, hence the
-    baseline plain_exact_ms. Then plane_rows: what building the plane costs the quantizer."""
+    K-block lists), the quantizer not. overhead: against the plain default GEMM (plain_ms: on
+    Hopper the magic-number promotion, which the fallback kernel keeps for its plain K-blocks;
+    its plane's K-blocks promote exactly); plain_exact_ms: the plain GEMM with the exact
+    promotion, for reference. 0% flagged: no plane, so gemm() runs the plain kernel. Then
+    plane_rows: what building the plane costs the quantizer."""
     from fallback import quantize_fallback
     from int8_gemm import gemm, gemm_cuda
     from int8_gemm_sm90_plane import flagged_stages
@@ -292,9 +294,11 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
         x, w = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
         tw = quantize(w, qblock)
         plain = quantize(x, qblock)
-        exact = "wgmma_exact" if sm90 else "auto"
-        t_plain = time_ms(lambda: gemm_cuda(plain, tw, out="int8", kernel=exact) if cuda
-                          else gemm(plain, tw, out="int8"))
+        def plain_ms(kernel):
+            return time_ms(lambda: gemm_cuda(plain, tw, out="int8", kernel=kernel) if cuda
+                           else gemm(plain, tw, out="int8"))
+        t_plain = plain_ms("auto")
+        t_exact = plain_ms("wgmma_exact") if sm90 else t_plain
         for frac in fracs:
             t, flagged = quantize_fallback(x, qblock, "topk", frac)
             ms = time_ms(lambda: gemm(t, tw, out="int8"))
@@ -303,8 +307,8 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
                 _, count = flagged_stages(second_plane(t)[1], qblock)
                 stages = count.sum().item() / (count.numel() * -(-K // 128))
             rows.append(dict(op="fallback gemm fwd, int8 out", mkn=f"{M}x{K}x{N}", QB=qblock,
-                             flagged=flagged, stages=stages, plain_exact_ms=t_plain,
-                             fallback_ms=ms, overhead=ms / t_plain - 1))
+                             flagged=flagged, stages=stages, plain_ms=t_plain,
+                             plain_exact_ms=t_exact, fallback_ms=ms, overhead=ms / t_plain - 1))
     for M, K, _ in shapes:
         rows += plane_rows(device, M, K, qblock)
     return rows

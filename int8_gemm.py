@@ -169,7 +169,8 @@ def _auto_kernel(device_index):
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto"):
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
-    one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks).
+    one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks,
+    promoted exactly; gemm() picks the kernel for that: plane_kernel).
     kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion at
     QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
     int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
@@ -260,9 +261,7 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
     tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
         if a.has_plane or b.has_plane:       # (no flagged block: the plain GEMM, exactly)
-            # the exact promotion: fallback's point is precision (threshold 0 ~ a 16-bit GEMM)
-            kernel = _auto_kernel(a.q.device.index)
-            kernel = "wgmma_exact" if kernel == "wgmma" else kernel
+            kernel = plane_kernel(a, b, _auto_kernel(a.q.device.index))
             if kernel != "mma" and not (a.has_plane and b.has_plane):
                 # fused: the plane's flagged K-blocks run as extra K-blocks of one kernel
                 return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel)
@@ -270,6 +269,26 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
                                partial(gemm_cuda, kernel=kernel))
         return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
     return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate)
+
+
+MAGIC_PLANE_MAX = 0.25      # the largest plane, as a fraction of its operand's blocks, whose
+                            # fused GEMM keeps the magic-number promotion (plane_kernel)
+
+
+def plane_kernel(a, b, kernel):
+    """The kernel for operands with a fallback plane, given the plain GEMM's. The fused wgmma
+    kernel promotes the plane's K-blocks exactly and the plain ones as `kernel` does; 'wgmma'
+    (the magic-number promotion, 0.76-0.89x the exact one's time) rounds at about one unit of
+    the largest scale product in each group of 8-16 K-blocks, an outlier block's where there is
+    one: on GLU-like activations 7e-4 relative to the two-plane product against the exact
+    promotion's 2e-7 (notes/fallback_ab.log). That adds ~5% to the error left against the float
+    activation at the default rule's ~5% flagged, but triples it with every block flagged: so a
+    plane of more than MAGIC_PLANE_MAX of the blocks (threshold 0 among them) gets the exact
+    kernel. q2's size is known on the host (the flagged count, or its budget's capacity)."""
+    t = a if a.has_plane else b
+    if kernel == "wgmma" and t.q2.shape[0] > MAGIC_PLANE_MAX * t.slot.numel():
+        return "wgmma_exact"
+    return kernel
 
 
 def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
@@ -296,4 +315,5 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
     return quantize(c, a.qblock, stochastic=(out == "int8_sr"), generator=generator)
 
 
-__all__ = ["gemm", "gemm_ref", "gemm_cuda", "gemm_planes", "block_gemm_ref", "check_gemm", "GEMM_OUTS"]
+__all__ = ["gemm", "gemm_ref", "gemm_cuda", "gemm_planes", "plane_kernel", "block_gemm_ref",
+           "check_gemm", "GEMM_OUTS"]
