@@ -44,9 +44,11 @@ Two promotions, one K loop each (consume()); _source() picks one per launch:
   magic (SM90_CONSUME_MAGIC_SRC)  D is seeded with the bits of 1.5 * 2^23, so that it *is* a float
                                   and acc = fma(coef, D, acc) needs no conversion (its comment
                                   derives it); the default at QB = 32 and 64 when K splits into
-                                  groups of 256 or 512. Error: within about one unit of each
-                                  K-block's s_A s_B of the exact sums (~4e-5 relative on random
-                                  data), 100x below what int8 rounding of the operands costs.
+                                  groups of 256 or 512. Error: about one unit of the largest
+                                  s_A s_B in the group per K-block (~4e-5 relative on random
+                                  data, 100x below what int8 rounding of the operands costs; an
+                                  outlier block sets the unit for its group: 7e-4 on GLU-like
+                                  data, notes/fallback_ab.log).
 The promotion, not the tensor cores, bounds the kernel: at QB = 32 the wgmma work alone runs at
 ~1.3 POPS, but the promotion does not overlap it (notes/gemm_sm90.md), so every instruction per
 element per K-block counts. Hence the consumers build no address in the K loop: the wgmma

@@ -9,9 +9,11 @@ the plain stages the producer (produce() in int8_gemm_sm90_ring.py) loads the li
 (a half's into its own K-block columns of a stage), taking each flagged QB x QB block straight
 from q2[slot] into the swizzled tile (copy_plane; zeros where there is none) and the other
 operand's same K-block as usual; the consumers run them after the plain K loop with the exact
-promotion (consume_plane). So the plane costs in proportion to the (tile or half, K-block)
-pairs it touches, and nothing is expanded to a dense plane. Overhead against the plain exact
-GEMM (H100, uniform flags, QB = 32, notes/gemm_sm90.md): +9-11% at 1% flagged, +22-29% at 5%.
+promotion (consume_plane; the plain K-blocks promote as the launch's source does: gemm() picks
+it, int8_gemm.plane_kernel). So the plane costs in proportion to the (tile or half, K-block)
+pairs it touches, and nothing is expanded to a dense plane. Overhead against the plain default
+GEMM (H100, uniform flags, QB = 32, results/bench_fallback_849259c.md): +12% at 1% flagged,
++34% at 5%, +83-93% at 20%; notes/fallback_ab.log has the A/B of the promotion choices.
 
 The device code comes in pieces (struct Plane, its stages and columns, copy_plane,
 consume_plane) that int8_gemm_sm90.py places among the kernel's own, each before its first use.
