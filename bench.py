@@ -294,6 +294,7 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
         x, w = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
         tw = quantize(w, qblock)
         plain = quantize(x, qblock)
+
         def plain_ms(kernel):
             return time_ms(lambda: gemm_cuda(plain, tw, out="int8", kernel=kernel) if cuda
                            else gemm(plain, tw, out="int8"))

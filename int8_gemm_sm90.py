@@ -168,13 +168,21 @@ __device__ __forceinline__ void promote(float (&acc)[NACC], int (&d)[NACC], cons
 }
 // Wait until at most N wgmma groups are in flight, then promote K-block column j of stage st
 // from d, exactly. (Reading the scales before the wait would hide their latency, but at QB = 32
-// keeps 5 more registers live next to 2 D buffers + acc: ptxas spills.)
-template <int N>
+// keeps 5 more registers live next to 2 D buffers + acc: ptxas spills.) SKIP_ZERO: a warp whose
+// scale products are all 0 skips it (it would add 0; warp-uniform, as c depends on rb and the
+// stage alone): the fallback plane's K-blocks (consume_plane, int8_gemm_sm90_plane.py).
+template <int N, bool SKIP_ZERO = false>
 __device__ __forceinline__ void promote_kblock(float (&acc)[NACC], int (&d)[NACC],
                                                const Consumer& cs, Stage st, int j) {
     wgmma_wait<N>();
     float c[CBS];
     scale_products(c, cs, st, j);
+    if constexpr (SKIP_ZERO) {
+        bool nonzero = false;
+        #pragma unroll
+        for (int cb = 0; cb < CBS; ++cb) nonzero |= c[cb] != 0.f;
+        if (!nonzero) return;
+    }
     promote(acc, d, c);
 }
 // promote_kblock, and the last K-block column of a stage frees its slot

@@ -97,26 +97,12 @@ __device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2,
 
 # consume_plane: after the K-block steps (issue_wgmma, promote_kblock: int8_gemm_sm90.py)
 CONSUME_PLANE_SRC = r"""
-// promote_kblock for a plane K-block: a warp whose scale products are all 0 skips the promotion
-// (it would add 0). On A, that is a warp whose row block has no flagged block in this K-block
-// (its plane scale is 0): a listed K-block is flagged in one row block of the tile or half, so
-// the other row blocks' warps skip. wgmma's work is the warpgroup's, but at QB = 32 the
-// promotion's issue slots bound the kernel, and those the skipping warps give to the others.
-template <int N>
-__device__ __forceinline__ void promote_plane_kblock(float (&acc)[NACC], int (&d)[NACC],
-                                                     const Consumer& cs, Stage st, int j) {
-    wgmma_wait<N>();
-    float c[CBS];
-    scale_products(c, cs, st, j);
-    bool flagged = false;
-    #pragma unroll
-    for (int cb = 0; cb < CBS; ++cb) flagged |= c[cb] != 0.f;
-    if (flagged) promote(acc, d, c);              // warp-uniform: c depends on rb and the stage
-}
-
 // The plane's n stages from st on (after consume()'s loop over the plain ones): per stage, this
 // warpgroup's N K-block columns from j0 (all KBS, or its half's KBS / 2), D[0] / D[1]
-// alternating, the exact promotion (promote_plane_kblock); the stage is freed after its last.
+// alternating, the exact promotion. A listed K-block is flagged in one row block of the tile or
+// half, so the other row blocks' warps skip its promotion (promote_kblock's SKIP_ZERO: at
+// QB = 32 the promotion's issue slots bound the kernel, and those the skipping warps give to
+// the others; wgmma's work is the warpgroup's). The stage is freed after its last.
 // Returns the stage after. (Draining the wgmma pipeline once per two stages instead measured
 // slower: notes/fallback_ab.log.)
 template <int N>
@@ -129,9 +115,9 @@ __device__ __forceinline__ Stage consume_plane(float (&acc)[NACC], const Consume
         #pragma unroll
         for (int g = 1; g < N; ++g) {
             issue_wgmma(d[g % 2], cs, st, j0 + g);
-            promote_plane_kblock<1>(acc, d[(g - 1) % 2], cs, st, j0 + g - 1);
+            promote_kblock<1, true>(acc, d[(g - 1) % 2], cs, st, j0 + g - 1);
         }
-        promote_plane_kblock<0>(acc, d[(N - 1) % 2], cs, st, j0 + N - 1);
+        promote_kblock<0, true>(acc, d[(N - 1) % 2], cs, st, j0 + N - 1);
         release(cs, st);
     }
     return st;

@@ -9,7 +9,7 @@ flagged fraction. Variants of the plane's part of the kernel, each adding one ch
     exact        every K-block promoted exactly (what gemm() ran with a plane before this A/B)
     magic        the plain K-blocks by the magic-number promotion, as the plain GEMM
     magic+skip   and a warp whose row block has no flagged block in a plane K-block skips that
-                 promotion (promote_plane_kblock, int8_gemm_sm90_plane.py): the kernel now
+                 promotion (promote_kblock's SKIP_ZERO, in consume_plane): the kernel now
 
 against the plain GEMM without a plane (magic: the default, and exact). GPU time of the kernels
 (bench.kernel_ms: the K-block lists included, the quantizer not); the variants alternate per row.
@@ -36,7 +36,7 @@ from int8_gemm import gemm_cuda  # noqa: E402
 from quantize import dequantize, quantize  # noqa: E402
 
 SKIP = {"exact": S.SM90_SRC, "magic": S.SM90_MAGIC_SRC}
-NO_SKIP = {k: v.replace("promote_plane_kblock<", "promote_kblock<") for k, v in SKIP.items()}
+NO_SKIP = {k: v.replace(", true>(acc", ">(acc") for k, v in SKIP.items()}
 VARIANTS = {"exact": ("wgmma_exact", NO_SKIP), "magic": ("wgmma", NO_SKIP),
             "magic+skip": ("wgmma", SKIP)}
 LAYERS = [(16384, 2048, 8192), (16384, 8192, 2048), (16384, 768, 3072), (16384, 3072, 768)]

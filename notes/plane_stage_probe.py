@@ -27,9 +27,9 @@ from quantize import quantize  # noqa: E402
 
 B_COPY = "            copy_plain(sB, opaque(dst), B, n0, Np, Kp, kb, r0, c);\n"
 PLANE_COPY = "            if (has_rows) copy_plane(sA, pl.q2, s, gr, c);\n"
-PROMOTE = "    if (flagged) promote(acc, d, c);"
+PROMOTE = "        if (!nonzero) return;\n    }\n    promote(acc, d, c);"
 PROBES = {"kernel": [], "no B copy": [(B_COPY, "")], "no plane copy": [(PLANE_COPY, "")],
-          "no promotion": [(PROMOTE, "    if (flagged) fence_operands(d);")]}
+          "no promotion": [(PROMOTE, "        if (!nonzero) return;\n    }\n    fence_operands(d);")]}
 
 
 MAGIC = S.SM90_MAGIC_SRC

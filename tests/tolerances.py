@@ -1,4 +1,5 @@
 """Error bounds the CUDA GEMM tests share (test_int8_linear_cuda.py, test_fallback.py)."""
+import int8_gemm_sm90
 from quantize import dequantize
 
 
@@ -14,7 +15,6 @@ def magic_slack(ta, tb, kernel):
     of the group's largest s_A s_B per K-block (1.5 allowed): G * max over the group, summed over
     the groups, per output. An outlier block in a group sets the unit for all of it. 0 for the
     exact kernels (and where the magic one does not apply)."""
-    import int8_gemm_sm90
     code, defines = int8_gemm_sm90._source(ta.qblock, ta.q.shape[1], False, None)
     if kernel != "wgmma" or code is not int8_gemm_sm90.SM90_MAGIC_SRC:
         return 0.0
