@@ -35,7 +35,7 @@ epilogue (notes/epilogue_probe.log).
 
 The shared-memory layout, the PTX wrappers and the producer are in int8_gemm_sm90_ring.py; the
 fused fallback plane (the fallback operand's second plane, fallback.py, run as extra K-blocks
-after the plain ones) in int8_gemm_sm90_plane.py. This file holds the consumers, the epilogues,
+before the plain ones) in int8_gemm_sm90_plane.py. This file holds the consumers, the epilogues,
 the kernels and the launcher.
 
 Two promotions, one K loop each (consume()); _source() picks one per launch:
@@ -72,9 +72,8 @@ import torch
 
 from int8_gemm import cdiv
 from int8_gemm_mma import GEMM_STORE_SRC, TILE_ORIGIN_SRC
-from int8_gemm_sm90_plane import (CONSUME_PLANE_SRC, COPY_PLANE_SRC, PLANE_SRC, PLANE_STAGES_SRC,
-                                  plane_args)
-from int8_gemm_sm90_ring import (SM90_COPY_SRC, SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
+from int8_gemm_sm90_plane import CONSUME_PLANE_SRC, PLANE_SRC, PLANE_STAGES_SRC, plane_args
+from int8_gemm_sm90_ring import (SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
                                  SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
 from quantize import get_kernel, launch
 from quantize_cuda import sr_salt
@@ -213,7 +212,7 @@ __device__ __forceinline__ Stage group_stages(Stage (&s)[G / KBS], Stage st) {
 
 # consume(): the consumer warpgroups' K loop; int8_gemm_sm90_pp.py swaps in its ping-pong one
 SM90_CONSUME_SRC = r"""
-// Consumer warpgroup cs.wg: acc = its 64 x 128 slice of the tile, from the KT stages starting at
+// Consumer warpgroup cs.wg: acc += its 64 x 128 slice of the tile from the KT stages starting at
 // st; returns the stage after them. Register i of a thread (warp w
 // of the warpgroup, lane l) is row 16 w + l/4 + 8 ((i/2) % 2), col 8 (i/4) + 2 (l%4) + i%2:
 // per n8 column tile the mma.sync m16n8 layout, {0, 1} on row g and {2, 3} on row g + 8.
@@ -221,8 +220,6 @@ SM90_CONSUME_SRC = r"""
 // wgmma in flight (ptxas serialises all wgmma (C7514) if one is in flight across a loop edge).
 __device__ __forceinline__ Stage consume(float (&acc)[NACC], const Consumer& cs, Stage st, int KT) {
     int d[2][NACC];
-    #pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
         Stage s[G / KBS];
         st = group_stages(s, st);
@@ -272,8 +269,6 @@ __device__ __forceinline__ void sub_bias(float (&acc)[NACC], const float (&c)[CB
 // x >= 2 is waited for there (iteration x - 1), before its first wgmma is issued.
 __device__ __forceinline__ Stage consume(float (&acc)[NACC], const Consumer& cs, Stage st, int KT) {
     int d[2][NACC];
-    #pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     for (int kt = 0; kt < KT; kt += G / KBS) {      // KT: plain_stages(), a multiple of G / KBS
         Stage s[G / KBS];
         st = group_stages(s, st);
@@ -410,9 +405,9 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
 // running ahead into the next tile while the consumers finish this one.
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
-        const TensorMap* q_map, const signed char* A, const float* As, const signed char* B,
-        const float* Bs, int Mp, int Np, int Kp, int M, int N, void* out, int out_bf16, int accumulate,
-        float* q_s, int stochastic, unsigned seed, const Plane& pl) {
+        const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int M,
+        int N, void* out, int out_bf16, int accumulate, float* q_s, int stochastic, unsigned seed,
+        const Plane& pl, const TensorMap* po_map, const TensorMap* pq_map) {
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
@@ -426,7 +421,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
         if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
-        produce(base, a_map, b_map, A, As, B, Bs, Mp, Np, Kp, pl);
+        produce(base, a_map, b_map, po_map, pq_map, As, Bs, Mp, Np, Kp, pl);
         return;
     }
     setmaxnreg_inc<232>();
@@ -437,16 +432,19 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     const Consumer cs = make_consumer(base, wg, rb);
     const int KT0 = plain_stages(Kp);
     Stage st{0, 0};
+    // A tile's plane stages come before its plain ones (produce); their count is read one tile
+    // ahead, across the epilogue.
+    int np = plane_stages_of(pl, blockIdx.x, Mp, Np);
     for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
         int m0, n0;
         tile_origin(tile, Mp, Np, m0, n0);
         float acc[NACC];
+        #pragma unroll
+        for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+        if (np && pl.halves == 2) st = consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, st, np, wg * KBS / 2);
+        else if (np) st = consume_plane<KBS>(acc, cs, st, np, 0);
         st = consume(acc, cs, st, KT0);
-        if (pl.count) {
-            const int np = plane_stages(pl, m0, n0);
-            if (pl.halves == 2) st = consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, st, np, wg * KBS / 2);
-            else st = consume_plane<KBS>(acc, cs, st, np, 0);
-        }
+        np = plane_stages_of(pl, tile + gridDim.x, Mp, Np);
         store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, accumulate, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
                              base, q_map);
@@ -454,38 +452,39 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     if (OUT_INT8 && ct == 0) bulk_wait_read();        // the C tile must outlive the last store's reads
 }
 
-// p_*: the second plane (struct Plane); p_count = nullptr for none
+// p_*: the second plane (struct Plane; p_count = nullptr for none) and the tensor maps of its
+// stages' copies (produce_plane_stage): p_omap, the other operand's K-blocks; p_qmap, q2's blocks
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
-                       const signed char* __restrict__ A, const float* __restrict__ As,
-                       const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
+                       const float* __restrict__ As, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate,
-                       const signed char* p_q2, const int* p_list, const int* p_count,
+                       const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, int p_stride, int p_halves,
-                       int p_on_b) {
-    gemm_sm90<0>(&a_map, &b_map, nullptr, A, As, B, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
-                 Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
+                       int p_on_b, const __grid_constant__ TensorMap p_omap,
+                       const __grid_constant__ TensorMap p_qmap) {
+    gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
+                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
-                      const __grid_constant__ TensorMap q_map, const signed char* __restrict__ A, const float* __restrict__ As,
-                      const signed char* __restrict__ B, const float* __restrict__ Bs,
-                      signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
-                      const unsigned* __restrict__ salt, const signed char* p_q2, const int* p_list, const int* p_count,
+                      const __grid_constant__ TensorMap q_map, const float* __restrict__ As,
+                      const float* __restrict__ Bs, signed char* q, float* q_s, int Mp, int Np, int Kp,
+                      int stochastic, unsigned seed, const unsigned* __restrict__ salt,
+                      const int* p_list, const int* p_count,
                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
-                      int p_on_b) {
+                      int p_on_b, const __grid_constant__ TensorMap p_omap,
+                      const __grid_constant__ TensorMap p_qmap) {
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
-    gemm_sm90<1>(&a_map, &b_map, &q_map, A, As, B, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
-                 Plane{p_q2, p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b});
+    gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
+                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
 }
 """
 
 # The producer's and the consumers' device code in declaration order (C++ wants each function
 # before its first use): the ring's pieces, the plane's, and the K-block steps
 SM90_MAINLOOP_SRC = (TILE_ORIGIN_SRC + PLANE_SRC + SM90_PLAIN_STAGES_SRC + PLANE_STAGES_SRC
-                     + SM90_COPY_SRC + COPY_PLANE_SRC + SM90_PRODUCE_SRC + SM90_KBLOCK_SRC
-                     + CONSUME_PLANE_SRC)
+                     + SM90_PRODUCE_SRC + SM90_KBLOCK_SRC + CONSUME_PLANE_SRC)
 SM90_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC
             + SM90_CONSUME_SRC + SM90_EPILOGUE_SRC)
 SM90_MAGIC_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC + SM90_MAINLOOP_SRC
@@ -551,7 +550,7 @@ def _launch(name, a, b, args, exact, source, persistent, out_map=()):
 def float_args(a, b, c, M, N, accumulate):
     """The float kernel's own arguments (args of _arguments)."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    return (a.q, a.s, b.q, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
+    return (a.s, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
 
 
@@ -573,6 +572,6 @@ def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persiste
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     _launch("gemm_sm90_int8_kernel", a, b,
-            (a.q, a.s, b.q, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
+            (a.s, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
              np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
             exact, source, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))

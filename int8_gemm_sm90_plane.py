@@ -2,20 +2,27 @@
 The fallback plane of the Hopper wgmma GEMM (int8_gemm_sm90.py): the fallback operand's second
 plane (fallback.py) rides the same kernel as extra K-blocks, read in its compact form (slot ->
 q2 block). Host side (no host sync): device-built lists of the K-blocks holding a flagged block
-(one kernel, fallback_cuda.plane_lists_cuda; plane_lists here is its torch reference), per 128-row tile, or per 64-row consumer half of a tile when the plane
-is on A and few blocks are flagged (_halves), each entry with its row blocks' slots and scales
-gathered; plane_args checks the plane and packs the kernels' p_* arguments. Device side: after
-the plain stages the producer (produce() in int8_gemm_sm90_ring.py) loads the listed K-blocks
-(a half's into its own K-block columns of a stage), taking each flagged QB x QB block straight
-from q2[slot] into the swizzled tile (copy_plane; zeros where there is none) and the other
-operand's same K-block as usual; the consumers run them after the plain K loop with the exact
-promotion (consume_plane; the plain K-blocks promote as the launch's source does: gemm() picks
-it, int8_gemm.plane_kernel). So the plane costs in proportion to the (tile or half, K-block)
-pairs it touches, and nothing is expanded to a dense plane. Overhead against the plain default
-GEMM (H100, uniform flags, QB = 32, results/bench_fallback_849259c.md): +12% at 1% flagged,
-+34% at 5%, +83-93% at 20%; notes/fallback_ab.log has the A/B of the promotion choices.
+(one kernel, fallback_cuda.plane_lists_cuda; plane_lists here is its torch reference), per
+128-row tile, or per 64-row consumer half of a tile when the plane is on A and few blocks are
+flagged (_halves), each entry with its row blocks' slots and scales gathered; plane_args checks
+the plane and packs the kernels' p_* arguments, with the TMA tensor maps of q2 and of the other
+operand. Device side: before a tile's plain stages the producer (produce() in
+int8_gemm_sm90_ring.py) loads its listed K-blocks, a stage's KBS of them (a half's into its own
+columns), each K-block column with one TMA copy of the other operand's K-block and one per
+flagged QB x QB block from q2[slot]; the consumers run them first, with the exact promotion
+(consume_plane; the plain K-blocks promote as the launch's source does: gemm() picks it,
+int8_gemm.plane_kernel). So the plane costs in proportion to the (tile or half, K-block) pairs
+it touches, and nothing is expanded to a dense plane.
 
-The device code comes in pieces (struct Plane, its stages and columns, copy_plane,
+Overhead against the plain default GEMM (H100, uniform flags, QB = 32, notes/plane_profile.log):
++7% at 1% flagged, +24-31% at 5%, +75-109% at 20%. Before (results/bench_fallback_849259c.md:
+cp.async copies by all 128 producer threads, after the plain stages): +12%, +34%, +83-93%. The
+warp-stall profile said why: the consumers waited on the plane stages' copies (the producer's
+threads issued ~130 instructions each per plane stage, and a plane stage after the plain ones
+has the ring's lead of short plane stages only). notes/fallback_ab.log has the A/B of the
+promotion choices.
+
+The device code comes in pieces (struct Plane, its stages and columns, issue_plane_wgmma,
 consume_plane) that int8_gemm_sm90.py places among the kernel's own, each before its first use.
 """
 import numpy as np
@@ -24,6 +31,7 @@ import torch
 from fallback_cuda import plane_lists_cuda
 from int8_gemm import cdiv
 from int8_gemm_sm90_ring import TILE
+from tma import tile_map
 
 SPLIT_HALVES = True                          # allow one K-block list per consumer half (_halves)
 
@@ -31,11 +39,11 @@ SPLIT_HALVES = True                          # allow one K-block list per consum
 PLANE_SRC = r"""
 // The fallback operand's second plane, in the compact form of fallback.py: q2 (n2, QB, QB) int8,
 // each flagged block row-major, found through a slot grid (-1: a plain block). When `count` is
-// set, the tile's K loop runs its plain stages and then the plane's: K-blocks from device-built
-// lists of those holding a flagged block, with the plane in place of its operand against the same
-// K-block of the other one. The producer reads each flagged block straight from q2 and
-// zero-fills the rest (a plain block's plane is zero, and so is its scale), so they add exactly
-// s2 * s_other * (q2 . q_other) for the flagged pairs.
+// set, the tile's K loop runs the plane's stages and then its plain ones: K-blocks from
+// device-built lists of those holding a flagged block, with the plane in place of its operand
+// against the same K-block of the other one. The producer copies each flagged block straight
+// from q2 and leaves the rest (a plain block's scale is 0, and the promotion exact), so they add
+// exactly s2 * s_other * (q2 . q_other) for the flagged pairs.
 //
 // Which K-blocks: halves = 1, one list per 128-row tile of the plane operand (the K-blocks
 // flagged anywhere in its rows), KBS to a stage, both consumer warpgroups taking all of them.
@@ -46,8 +54,7 @@ PLANE_SRC = r"""
 // Each list entry comes with the slots of the list's RL = RBS / halves row blocks in that
 // K-block and their scales (gathered on the host), so the producer's loads per stage do not
 // wait on one another (a chain of dependent loads per stage made the producer the bottleneck).
-struct Plane {
-    const signed char* q2;       // (n2, QB, QB) int8, the flagged blocks
+struct Plane {                   // (q2 itself: the p_qmap tensor map)
     const int* list;             // (lists, stride) int32: each list's K-blocks, flagged first
     const int* count;            // (lists,) int32, lists = tiles * halves; nullptr: no plane
     const int* slot;             // (lists, stride, RL) int32: q2 index of each row block, or -1
@@ -70,6 +77,13 @@ __device__ __forceinline__ int plane_stages(const Plane& pl, int m0, int n0) {
     for (int h = 0; h < pl.halves; ++h) n = max(n, (pl.count[first + h] + per - 1) / per);
     return n;
 }
+// plane_stages of tile `tile` (0 past the last: the consumers read it one tile ahead)
+__device__ __forceinline__ int plane_stages_of(const Plane& pl, int tile, int Mp, int Np) {
+    if (!pl.count || tile >= tile_count(Mp, Np)) return 0;
+    int m0, n0;
+    tile_origin(tile, Mp, Np, m0, n0);
+    return plane_stages(pl, m0, n0);
+}
 // Column j of the plane's stages: its list (the tile's, or consumer half h's), the index of its
 // entry in stage 0 (stage e: e * per further), and n: stage e has an entry while e * per < n
 struct PlaneColumn {
@@ -78,20 +92,6 @@ struct PlaneColumn {
 __device__ __forceinline__ PlaneColumn plane_column(const Plane& pl, int m0, int n0, int j) {
     const int per = KBS / pl.halves, list = plane_tile(pl, m0, n0) * pl.halves + j / per;
     return PlaneColumn{j / per, list * pl.stride + j % per, pl.count[list] - j % per};
-}
-"""
-
-# copy_plane: follows copy_plain (int8_gemm_sm90_ring.py) in the source
-COPY_PLANE_SRC = r"""// The plane operand's tile from the compact plane: thread t copies chunk c of rows 8 g .. 8 g + 7
-// (g = t / 8), which lie in one row block, whose block q2[slot] holds row r at byte QB * (r % QB):
-// so the 16 bytes land in shared memory exactly where a dense plane's would (row r's chunk c at
-// chunk c ^ (r % 8) = c ^ i). slot = -1: zeros.
-__device__ __forceinline__ void copy_plane(unsigned tile, const signed char* q2, int slot, int g,
-                                           int c) {
-    const signed char* p = q2 + (long long)max(slot, 0) * (QB * QB) + 8 * g % QB * QB + 16 * c % QB;
-    #pragma unroll
-    for (int i = 0; i < 8; ++i)
-        cp_async16(tile + (8 * g + i) * BK + ((c ^ i) << 4), p + i * QB, slot >= 0 ? 16 : 0);
 }
 """
 
@@ -105,16 +105,33 @@ CONSUME_PLANE_SRC = r"""
 // the others; wgmma's work is the warpgroup's). The stage is freed after its last.
 // Returns the stage after. (Draining the wgmma pipeline once per two stages instead measured
 // slower: notes/fallback_ab.log.)
+// The plane stages' wgmma descriptors (high word): K-block column j of a stage is a region of
+// BM rows x QB bytes (produce_plane), rows QB bytes apart with the QB-byte swizzle (mode 3, 2, 1
+// for 32, 64, 128 bytes), so 8-row groups lie 8 QB bytes apart. At QB = 128 that is DESC_HI.
+constexpr unsigned PLANE_DESC_HI = (8 * QB >> 4) | ((QB == 32 ? 3u : QB == 64 ? 2u : 1u) << 30);
+// issue_wgmma for a plane stage's column j: my 64 rows of A start 64 wg rows of QB bytes into
+// the column's region (cs.desc_a: 64 wg rows of BK bytes into a tile), B at its start
+__device__ __forceinline__ void issue_plane_wgmma(int (&d)[NACC], const Consumer& cs, Stage st,
+                                                  int j) {
+    const unsigned off = st.slot * (TILE_BYTES / 16) + j * (BM * QB / 16);
+    const unsigned a = cs.desc_a - cs.wg * (64 * (BK - QB) / 16) + off, b = cs.desc_b + off;
+    wgmma_fence();
+    #pragma unroll
+    for (int s = 0; s < KSTEPS; ++s)
+        wgmma_m64n128k32_s8(d, (unsigned long long)PLANE_DESC_HI << 32 | (a + 2 * s),
+                            (unsigned long long)PLANE_DESC_HI << 32 | (b + 2 * s), s > 0);
+    wgmma_commit();
+}
 template <int N>
 __device__ __forceinline__ Stage consume_plane(float (&acc)[NACC], const Consumer& cs, Stage st,
                                                int n, int j0) {
     int d[2][NACC];
     for (int e = 0; e < n; ++e, st = next_stage(st)) {
         wait_full(cs, st);
-        issue_wgmma(d[0], cs, st, j0);
+        issue_plane_wgmma(d[0], cs, st, j0);
         #pragma unroll
         for (int g = 1; g < N; ++g) {
-            issue_wgmma(d[g % 2], cs, st, j0 + g);
+            issue_plane_wgmma(d[g % 2], cs, st, j0 + g);
             promote_kblock<1, true>(acc, d[(g - 1) % 2], cs, st, j0 + g - 1);
         }
         promote_kblock<0, true>(acc, d[(N - 1) % 2], cs, st, j0 + N - 1);
@@ -206,13 +223,20 @@ def _halves(t, on_a):
 
 def plane_args(a, b):
     """The kernels' p_* arguments: the compact second plane of the one operand that has one
-    (fallback.py) and its lists (plane_lists_cuda, per tile or per half: _halves); null pointers when
-    neither has."""
+    (fallback.py), its lists (plane_lists_cuda, per tile or per half: _halves) and the tensor maps
+    of its stages' TMA copies (produce_plane): the other operand's, a 128-row x QB box, and q2's as
+    (n2 QB, QB) rows, a QB x QB box. Null pointers and unused maps when neither has a plane."""
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
-        return (np.uint64(0),) * 5 + (np.int32(0),) * 3
+        return (np.uint64(0),) * 4 + (np.int32(0),) * 3 + (_NO_MAP, _NO_MAP)
     slot, q2, s2 = _plane(t)
     halves = _halves(t, t is a)
     listed, count, slots, scales = plane_lists_cuda(slot, s2, t.qblock, halves)
-    return (q2, listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
-            np.int32(t is not a))
+    QB, other = t.qblock, b if t is a else a
+    o_map = tile_map(other.q.data_ptr(), other.q.shape[0], other.q.shape[1], TILE, QB)
+    q_map = tile_map(q2.data_ptr(), q2.shape[0] * QB, QB, QB, QB) if q2.numel() else _NO_MAP
+    return (listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
+            np.int32(t is not a), o_map, q_map)
+
+
+_NO_MAP = np.zeros(1, np.dtype((np.void, 128)))   # a tensor map argument the kernel never reads

@@ -46,7 +46,7 @@ __device__ __forceinline__ void named_bar_arrive(int id) {    // count this WG's
     asm volatile("bar.arrive %0, 256;\n" :: "r"(id) : "memory");
 }
 
-// Consumer warpgroup wg: acc = its 64 x 128 slice (register layout as in int8_gemm_sm90.py), from
+// Consumer warpgroup wg: acc += its 64 x 128 slice (register layout as in int8_gemm_sm90.py) of
 // the KT stages starting at st; returns the stage after them.
 // K-blocks in groups of G, D[0] / D[1] alternating; each issue waits for this warpgroup's turn
 // and then hands the turn to the other warpgroup, whose wgmma then queues behind ours while we
@@ -54,8 +54,6 @@ __device__ __forceinline__ void named_bar_arrive(int id) {    // count this WG's
 __device__ __forceinline__ Stage consume(float (&acc)[NACC], const Consumer& cs, Stage st, int KT) {
     const int KB = KT * KBS, wg = cs.wg;     // KT: plain_stages(), a multiple of G / KBS
     int d[2][NACC];
-    #pragma unroll
-    for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
     if (wg == 1) named_bar_arrive(TURN0);                // WG0 takes the first turn
     for (int kb = 0; kb < KB; kb += G) {
         Stage s[G / KBS];

@@ -12,8 +12,8 @@ Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle a
 
 A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
 K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored with
-the 128-byte swizzle (the comment above desc_lo): TMA writes it so, and the fallback plane's
-cp.async copies write it by hand. In all: 182,160 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
+the 128-byte swizzle (the comment above desc_lo), as TMA writes it. (A fallback plane stage lays
+the same 16 KB out by K-block instead: produce_plane_stage.) In all: 182,160 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
 the 227 KB an H100 CTA may use.
 
 PTX wrappers (SM90_PTX_SRC): TMA (the tensor map, cp.async.bulk.tensor, mbarrier expect_tx),
@@ -31,10 +31,9 @@ and B (tensor maps from tma.py; rows past Mp / Np and K past Kp read as zeros); 
 t < SCALE_FLOATS cp.asyncs one scale (0 past the edges); then every producer thread arrives on
 the full barrier, which completes when all have arrived and the 32 KB have landed. (TMA against
 the earlier 128-thread cp.async of the tiles with copy_plain: 0.81-1.00x the time over bench.py's
-45 GEMM rows, notes/tma_ab.log; that producer is in git history before commit 3051b06.) After
-the plain stages it
-runs the fallback plane's in a second loop (int8_gemm_sm90_plane.py: cp.async, one flagged
-block at a time), so that neither loop carries the other's registers.
+45 GEMM rows, notes/tma_ab.log; that producer is in git history before commit 3051b06.) Before
+a tile's plain stages it runs the fallback plane's (produce_plane_stage), TMA copies of one
+K-block or one flagged block each, into K-block columns with the QB-byte swizzle.
 """
 TILE = 128                                   # BM = BN of the kernel
 STAGES = 5                                   # 5 x (16 + 16 KB) ring
@@ -188,7 +187,8 @@ __device__ __forceinline__ unsigned long long desc_at(unsigned lo) {
 }
 """
 
-# The plain K loop's length (plain_stages), used by the producer and the kernel body; the CTA ->
+# The plain K loop's length (plain_stages) and the tile count, used by the producer and the kernel
+# body; the CTA ->
 # tile order (tile_origin) is the mma kernel's TILE_ORIGIN_SRC, and the plane's struct
 # (int8_gemm_sm90_plane.py) comes between the two in the kernel source.
 SM90_PLAIN_STAGES_SRC = r"""// Stages of the plain K loop: Kp / BK rounded up to whole consumer groups (K past Kp is
@@ -196,33 +196,11 @@ SM90_PLAIN_STAGES_SRC = r"""// Stages of the plain K loop: Kp / BK rounded up to
 __device__ __forceinline__ int plain_stages(int Kp) {
     return ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
 }
-"""
-
-# The producer's copy of one tile of A or B per stage (copy_plain); the plane's copy_plane
-# follows it in the kernel source
-SM90_COPY_SRC = r"""
-// An opaque copy of x, made anew where it is used: keeps the compiler from hoisting the per-row
-// offsets out of the stage loop (8 rows x 2 operands of them do not fit the producer's 40
-// registers: it spills).
-__device__ __forceinline__ int opaque(int x) {
-    asm volatile("" : "+r"(x));
-    return x;
-}
-
-// The producer's share of one tile (A or B) per stage: thread t copies chunk c = t % 8 of rows
-// r0 + 16 i (r0 = t / 8, i < 8; 8 threads read one row's 128 contiguous bytes). Chunk c holds
-// bytes 16 c % QB .. + 15 of K-block kb (its column j = 16 c / QB of the stage). Rows past
-// `rows` and kb = -1 are zero-filled.
-__device__ __forceinline__ void copy_plain(unsigned tile, unsigned dst, const signed char* P,
-                                           int row0, int rows, int Kp, int kb, int r0, int c) {
-    const int left = kb >= 0 ? rows - row0 - r0 : 0, step = opaque(16 * Kp);
-    const signed char* p = P + (long long)(row0 + r0) * Kp + kb * QB + 16 * c % QB;
-    #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const bool ok = 16 * i < left;
-        cp_async16(tile + dst + 2048 * i, ok ? p : P, ok ? 16 : 0);
-        p += step;
-    }
+// The tiles this CTA computes: tile blockIdx.x, then every gridDim.x-th after it (the grid is at
+// most one CTA per SM, so the producer fills the ring for the next tile while the consumers
+// store this one)
+__device__ __forceinline__ int tile_count(int Mp, int Np) {
+    return ((Mp + BM - 1) / BM) * ((Np + BN - 1) / BN);
 }
 """
 
@@ -237,75 +215,94 @@ __device__ __forceinline__ void scale_role(int t, int m0, int n0, bool& is_a, in
     j = u / nb;
 }
 
-// The tiles this CTA computes: tile blockIdx.x, then every gridDim.x-th after it (the grid is at
-// most one CTA per SM, so the producer fills the ring for the next tile while the consumers
-// store this one)
-__device__ __forceinline__ int tile_count(int Mp, int Np) {
-    return ((Mp + BM - 1) / BM) * ((Np + BN - 1) / BN);
-}
 
-// The fallback plane's stages of the tile at (m0, n0), from stage g of the ring on (see produce):
-// the listed K-blocks, the plane in place of its operand. My chunk's column has one list (col);
-// my plane rows 8 gr .. 8 gr + 7 one row block in it (rb; outside it when halves = 2 and the rows
-// are the other half's: not copied, that half never reads this column). The list entries
-// (K-block, slot) of each stage are loaded one stage ahead, so the copies never wait for them.
-// Returns the stage after the last.
-__device__ int produce_plane(unsigned base, const signed char* A, const float* As,
-                             const signed char* B, const float* Bs, int Mp, int Np, int Kp,
-                             int m0, int n0, const Plane& pl, int g) {
-    const int t = threadIdx.x, c = t % 8, r0 = t / 8, Kb = Kp / QB, gr = t / 8;
-    const unsigned dst = r0 * BK + ((c ^ (r0 % 8)) << 4), s_dst = base + SMEM_S + 4 * t;
-    const int per = KBS / pl.halves, rl = RBS / pl.halves, n = plane_stages(pl, m0, n0);
-    const PlaneColumn col = plane_column(pl, m0, n0, 16 * c / QB);
-    const int rb = 8 * gr / QB - col.h * rl;
-    const bool has_rows = rb >= 0 && rb < rl;
-    int kb_next = -1, slot_next = -1;
-    auto fetch = [&](int e) {                            // the entries of the plane's stage e
-        const int i = e * per;
-        kb_next = i < col.n ? pl.list[col.first + i] : -1;
-        slot_next = i < col.n && has_rows ? pl.slot[(long long)(col.first + i) * rl + rb] : -1;
-    };
-    fetch(0);
-    for (int e = 0; e < n; ++e, ++g) {
-        const int slot = g % STAGES, kb = kb_next, s = slot_next;
-        fetch(e + 1);
-        if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
-        const unsigned sA = base + slot * TILE_BYTES, sB = base + SMEM_B + slot * TILE_BYTES;
-        if (pl.on_b) {
-            copy_plain(sA, opaque(dst), A, m0, Mp, Kp, kb, r0, c);
-            copy_plane(sB, pl.q2, s, gr, c);
-        } else {
-            if (has_rows) copy_plane(sA, pl.q2, s, gr, c);
-            copy_plain(sB, opaque(dst), B, n0, Np, Kp, kb, r0, c);
-        }
-        if (t < SCALE_FLOATS) {          // (its role recomputed: fewer registers live in the loop)
-            bool is_a;
-            int blk, j;
-            scale_role(opaque(t), m0, n0, is_a, blk, j);
-            const PlaneColumn cj = plane_column(pl, m0, n0, j);
-            const int i = e * per, rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
-            const float* src = nullptr;
-            if (is_a != pl.on_b) {                      // the plane's: from the gathered scales
-                if (i < cj.n && rbj >= 0 && rbj < rl)
-                    src = pl.s2 + (long long)(cj.first + i) * rl + rbj;
-            } else if (i < cj.n && blk < (is_a ? Mp : Np) / QB) {
-                src = (is_a ? As : Bs) + (long long)blk * Kb + pl.list[cj.first + i];
-            }
-            cp_async4(s_dst + 4 * slot * SCALE_FLOATS, src ? src : As, src ? 4 : 0);
-        }
-        cp_async_arrive(base + SMEM_BAR + 8 * slot);
+// The fallback plane's stages of a tile (plane_stages): the listed K-blocks, the plane in place
+// of its operand. Each K-block column j of a plane stage has a region of its own in the operand's
+// slot, BM rows x QB bytes at j * BM * QB, with the QB-byte swizzle (PLANE_DESC_HI), so that TMA
+// fills it one K-block at a time: thread j < KBS copies the other operand's K-block of column j
+// (o_map: a BM x QB box at its tile's rows), thread KBS + RBS j + rb the plane's block of row
+// block rb in column j (q_map: q2 as (n2 QB, QB) rows, a QB x QB box from row slot * QB), where
+// the list has one; each expects its bytes on the stage's full barrier before it copies. A row
+// block with no flagged block is not written: its scale is 0 and the plane's promotion is exact,
+// so whatever it holds adds 0. PlaneCopy is one thread's part for one tile; it reads its entry
+// (K-block or slot) a stage ahead.
+struct PlaneCopy {
+    int n;                   // the tile's plane stages
+    bool is_col, copies;     // copies the other operand's column (is_col) or a plane block
+    unsigned dst;            // where to, in slot 0
+    int row;                 // the other operand's tile rows (is_col)
+    int first, count, rbl;   // my column's list entries (plane_column) and my row block in it
+    int next;                // my entry in the next stage, -1: none
+};
+__device__ __forceinline__ int plane_entry(const Plane& pl, const PlaneCopy& c, int e) {
+    const int i = e * (KBS / pl.halves);
+    if (!c.copies || i >= c.count) return -1;
+    return c.is_col ? pl.list[c.first + i]
+                    : pl.slot[(long long)(c.first + i) * (RBS / pl.halves) + c.rbl];
+}
+__device__ __forceinline__ PlaneCopy plane_copy(unsigned base, const Plane& pl, int m0, int n0) {
+    const int t = threadIdx.x, u = t - KBS;
+    PlaneCopy c;
+    c.n = plane_stages(pl, m0, n0);
+    if (!pl.count) {                                    // no plane
+        c.copies = false;
+        c.next = -1;
+        return c;
     }
-    return g;
+    c.is_col = t < KBS;
+    const bool is_blk = u >= 0 && u < KBS * RBS;
+    const int j = c.is_col ? t : is_blk ? u / RBS : 0, rb = u % RBS;
+    const PlaneColumn col = plane_column(pl, m0, n0, j);
+    c.rbl = rb - col.h * (RBS / pl.halves);
+    c.copies = c.is_col || (is_blk && c.rbl >= 0 && c.rbl < RBS / pl.halves);
+    const unsigned ring = (c.is_col != (bool)pl.on_b) ? SMEM_B : 0;     // the ring it fills
+    c.dst = base + ring + j * (BM * QB) + (c.is_col ? 0 : rb * (QB * QB));
+    c.row = pl.on_b ? m0 : n0;
+    c.first = col.first;
+    c.count = col.n;
+    c.next = plane_entry(pl, c, 0);
+    return c;
+}
+// Plane stage e of the tile at ring stage g: my copy, and thread t < SCALE_FLOATS one scale
+__device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorMap* o_map,
+        const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int m0,
+        int n0, const Plane& pl, PlaneCopy& c, int e, int g) {
+    const int t = threadIdx.x, slot = g % STAGES, v = c.next;
+    const unsigned full = base + SMEM_BAR + 8 * slot;
+    c.next = plane_entry(pl, c, e + 1);
+    if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
+    if (v >= 0) {
+        mbar_expect_tx(full, c.is_col ? BM * QB : QB * QB);
+        if (c.is_col) tma_load(c.dst + slot * TILE_BYTES, o_map, v * QB, c.row, full);
+        else tma_load(c.dst + slot * TILE_BYTES, q_map, 0, v * QB, full);
+    }
+    if (t < SCALE_FLOATS) {
+        bool is_a;
+        int blk, j;
+        scale_role(t, m0, n0, is_a, blk, j);
+        const PlaneColumn cj = plane_column(pl, m0, n0, j);
+        const int rl = RBS / pl.halves, i = e * (KBS / pl.halves);
+        const int rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
+        const float* src = nullptr;
+        if (is_a != pl.on_b) {                          // the plane's: from the gathered scales
+            if (i < cj.n && rbj >= 0 && rbj < rl) src = pl.s2 + (long long)(cj.first + i) * rl + rbj;
+        } else if (i < cj.n && blk < (is_a ? Mp : Np) / QB) {
+            src = (is_a ? As : Bs) + (long long)blk * (Kp / QB) + pl.list[cj.first + i];
+        }
+        cp_async4(base + SMEM_S + 4 * t + 4 * slot * SCALE_FLOATS, src ? src : As, src ? 4 : 0);
+    }
+    cp_async_arrive(full);
 }
 
-// Producer warpgroup, over this CTA's tiles: per stage, the A and B tiles (TMA) and, thread
-// t < SCALE_FLOATS, one scale; then one arrival on the
-// stage's full barrier per thread. The ring's stages are counted over all tiles (g: slot
-// g % STAGES, its phase g / STAGES), so the next tile's first stages load while the consumers
-// still finish this one. Each tile's plain stages, then its plane's (produce_plane: a loop of
-// its own, so that neither carries the other's registers; the producer has 40).
+// Producer warpgroup, over this CTA's tiles: per plain stage, the A and B tiles (TMA) and, thread
+// t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. The
+// ring's stages are counted over all tiles (g: slot g % STAGES, its phase g / STAGES), so the
+// next tile's first stages load while the consumers still finish this one. A tile's plane stages
+// (produce_plane_stage) come before its plain ones: so they load while the consumers run the
+// last tile's plain stages, which take longer than plane ones. (After them, or spread between
+// the groups of plain stages, measured slower at 1-5% flagged: notes/plane_profile.log.)
 __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
-                        const signed char* A, const float* As, const signed char* B,
+                        const TensorMap* o_map, const TensorMap* q_map, const float* As,
                         const float* Bs, int Mp, int Np, int Kp, const Plane& pl) {
     const int t = threadIdx.x, Kb = Kp / QB, KT0 = plain_stages(Kp);
     const unsigned s_dst = base + SMEM_S + 4 * t;
@@ -313,9 +310,12 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
     for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
         int m0, n0;
         tile_origin(tile, Mp, Np, m0, n0);
+        PlaneCopy pc = plane_copy(base, pl, m0, n0);
         bool is_a;
         int blk, j;
         scale_role(t, m0, n0, is_a, blk, j);
+        for (int e = 0; e < pc.n; ++e, ++g)
+            produce_plane_stage(base, o_map, q_map, As, Bs, Mp, Np, Kp, m0, n0, pl, pc, e, g);
         for (int kt = 0; kt < KT0; ++kt, ++g) {
             const int slot = g % STAGES;
             const unsigned full = base + SMEM_BAR + 8 * slot;
@@ -333,7 +333,6 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
             }
             cp_async_arrive(full);
         }
-        if (pl.count) g = produce_plane(base, A, As, B, Bs, Mp, Np, Kp, m0, n0, pl, g);
     }
 }
 """

@@ -3,13 +3,15 @@ TMA tensor maps for the Hopper GEMM's producer (int8_gemm_sm90_ring.py).
 
 A tensor map (CUtensorMap, 128 opaque bytes) tells the Tensor Memory Accelerator where a 2-D
 array lies in global memory, its extent (reads past it return zeros), and the box that one
-`cp.async.bulk.tensor` copies into shared memory, here with the 128-byte swizzle that the wgmma
-descriptors of int8_gemm_sm90_ring.py expect. The driver builds it (cuTensorMapEncodeTiled,
+`cp.async.bulk.tensor` copies into shared memory, swizzled as the wgmma descriptors of
+int8_gemm_sm90_ring.py expect: the ring's tiles are 128 x 128-byte boxes with the 128-byte
+swizzle; the fallback plane's stages (int8_gemm_sm90_plane.py) take one K-block at a time, boxes
+QB bytes wide with the QB-byte swizzle. The driver builds it (cuTensorMapEncodeTiled,
 called through ctypes: neither CuPy nor torch wraps it), and the kernel takes it by value as a
 `const __grid_constant__` parameter: CuPy passes a one-element numpy array by its bytes, and a
 CUDA graph captures those bytes with the launch.
 
-A map depends only on (address, rows, row bytes), so maps are cached on that key; a freed and
+A map depends only on (address, rows, row bytes, box), so maps are cached on that key; a freed and
 reused address with the same shape gets the same bytes, which is right.
 """
 import ctypes
@@ -22,7 +24,7 @@ BOX = 128                     # the box: 128 rows x 128 bytes of K (one ring sta
 # CUtensorMap enums (cuda.h)
 _DATA_UINT8 = 0
 _INTERLEAVE_NONE = 0
-_SWIZZLE_128B = 3
+_SWIZZLE = {32: 1, 64: 2, 128: 3}   # CU_TENSOR_MAP_SWIZZLE_32B / 64B / 128B, by the box's width
 _L2_PROMOTION_256B = 3
 _OOB_FILL_ZEROS = 0
 
@@ -43,21 +45,24 @@ def _encode_tiled():
 
 
 @lru_cache(maxsize=4096)
-def tile_map(address, rows, row_bytes):
+def tile_map(address, rows, row_bytes, box_rows=BOX, box_bytes=BOX):
     """The tensor map of an int8 row-major (rows, row_bytes) array at device `address`, box
-    BOX x BOX bytes, 128-byte swizzle, zeros past its edges: a (1,) numpy array of 128 bytes, to
-    pass as a kernel argument."""
+    box_rows x box_bytes (32, 64 or 128 bytes wide, swizzled by its width), zeros past its edges:
+    a (1,) numpy array of 128 bytes, to pass as a kernel argument."""
     if address % 16 or row_bytes % 16:
         raise ValueError(f"tma: address and row bytes must be multiples of 16, got {address:#x}, "
                          f"{row_bytes}")
+    if box_bytes not in _SWIZZLE or not 0 < box_rows <= 256 or rows < 1:
+        raise ValueError(f"tma: a box of {box_rows} x {box_bytes} bytes over {rows} rows is not "
+                         f"supported (rows >= 1, box rows 1-256, box bytes 32, 64 or 128)")
     buf = np.zeros(128 + 64, np.uint8)                 # the driver wants the map 64-byte aligned
     at = (-buf.ctypes.data) % 64
     dims = (ctypes.c_uint64 * 2)(row_bytes, rows)      # innermost first
     strides = (ctypes.c_uint64 * 1)(row_bytes)         # bytes from one row to the next
-    box = (ctypes.c_uint32 * 2)(BOX, BOX)
+    box = (ctypes.c_uint32 * 2)(box_bytes, box_rows)
     steps = (ctypes.c_uint32 * 2)(1, 1)
     err = _encode_tiled()(buf.ctypes.data + at, _DATA_UINT8, 2, address, dims, strides, box, steps,
-                          _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
+                          _INTERLEAVE_NONE, _SWIZZLE[box_bytes], _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
     if err:
         raise RuntimeError(f"tma: cuTensorMapEncodeTiled failed (CUresult {err}) for rows={rows}, "
                            f"row_bytes={row_bytes}")

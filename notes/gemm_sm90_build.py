@@ -8,8 +8,9 @@ it with --sass on the GPU machine, which has cuobjdump).
 
 Per row: the source as _source() picks it (magic: K-groups of 16 / 8 at QB = 32 / 64; exact; the
 ping-pong variant), ptxas's registers at entry and spill bytes per kernel, the flagged warnings, and
-the PTX instructions of the consumer K loop (the first loop holding a wgmma) per accumulator element
-per K-block, as a proxy for SASS. --sass: the same loop in SASS (cuobjdump -sass), per element per
+the PTX instructions of the consumer K loop (the first loop holding a wgmma but no float compare:
+the fallback plane's loop compares scale products with 0) per accumulator element per K-block, as
+a proxy for SASS. --sass: the same loop in SASS (cuobjdump -sass), per element per
 K-block and by opcode per K-block, and the highest register the consumer and producer code names
 (setmaxnreg 232 / 40: R231 / R39 at most; ptxas -v shows only the kernel's 168 at entry).
 """
@@ -78,7 +79,7 @@ def first_innermost(loops):
 
 def ptx_loop(ptx):
     """PTX instructions of the consumer K loop of KERNEL: the first innermost loop (a label and the
-    last branch back to it) whose body holds a wgmma."""
+    last branch back to it) whose body holds a wgmma and no float compare (consume_plane's)."""
     body = ptx[ptx.index(f".entry {KERNEL}"):]
     lines = [x.strip() for x in body.splitlines()]
     labels = {x[:-1]: i for i, x in enumerate(lines) if re.match(r"^\$\w+:$", x)}
@@ -87,7 +88,8 @@ def ptx_loop(ptx):
         m = re.search(r"\bbra(?:\.uni)?\s+(\$\w+);", x)
         if m and labels.get(m.group(1), i) < i:
             seg = lines[labels[m.group(1)]:i + 1]
-            if any("wgmma.mma_async" in y for y in seg):
+            plane = any(re.search(r"setp\.(eq|neu)\.f32", y) for y in seg)
+            if any("wgmma.mma_async" in y for y in seg) and not plane:
                 loops.append((labels[m.group(1)], i, seg))
     seg = first_innermost(loops)
     return [y for y in seg if y and not y.startswith(("$", "//", "{", "}", ".reg"))]
@@ -95,7 +97,7 @@ def ptx_loop(ptx):
 
 def sass_loop(sass):
     """SASS instructions (opcode with modifiers) of the consumer K loop of KERNEL: the first
-    innermost loop (backward branch) whose body holds an IGMMA."""
+    innermost loop (backward branch) whose body holds an IGMMA and no FSETP.NEU (consume_plane's)."""
     text = sass[sass.index(f"Function : {KERNEL}"):]
     ins = [(int(m.group(1), 16), m.group(2)) for m in
            re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*?)\s*;", text)]
@@ -104,7 +106,7 @@ def sass_loop(sass):
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", txt)
         if m and int(m.group(1), 16) < pc:
             body = [x for p, x in ins if int(m.group(1), 16) <= p <= pc]
-            if any("GMMA" in x for x in body):
+            if any("GMMA" in x for x in body) and not any("FSETP.NEU" in x for x in body):
                 loops.append((int(m.group(1), 16), pc, body))
     body = first_innermost(loops)
     return [re.sub(r"^@!?U?P\w+\s+", "", x).split()[0] for x in body]

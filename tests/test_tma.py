@@ -21,3 +21,17 @@ def test_tile_map_is_a_128_byte_argument():
     assert m.tobytes() != bytes(128)                      # the driver wrote it
     assert tile_map(q.data_ptr(), 300, 160) is m          # cached on (address, rows, row bytes)
     assert tile_map(q.data_ptr(), 299, 160).tobytes() != m.tobytes()
+
+
+@pytest.mark.parametrize("box_rows,box_bytes", [(128, 48), (0, 32), (257, 32)])
+def test_tile_map_rejects_unsupported_boxes(box_rows, box_bytes):
+    with pytest.raises(ValueError, match="not supported"):
+        tile_map(0x1000, 256, 128, box_rows, box_bytes)
+
+
+@pytest.mark.gpu
+def test_tile_map_keys_on_the_box():
+    q = torch.zeros(256, 128, dtype=torch.int8, device="cuda")
+    full, narrow = tile_map(q.data_ptr(), 256, 128), tile_map(q.data_ptr(), 256, 128, 128, 32)
+    assert narrow is not full and narrow.tobytes() != full.tobytes()
+    assert tile_map(q.data_ptr(), 256, 128, 32, 32).tobytes() != narrow.tobytes()
