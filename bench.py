@@ -370,8 +370,9 @@ def make_block(style, C, T, mode, device):
                     norm="layernorm" if style == "gpt2" else "rmsnorm",
                     int8=int8, fallback=mode == "int8+fallback")
     torch.manual_seed(0)
-    block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
-                  0).to(device)
+    fallback = FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold)
+    block = Block(cfg, fallback, 0).to(device)
+    block.fallback_config = fallback         # (graphed_step reads its counts before a capture)
     if mode.startswith("fp8"):
         from torchao.float8 import convert_to_float8_training
         convert_to_float8_training(block)
@@ -401,11 +402,42 @@ def block_case(style, C, B, T, mode, device):
     return block, step, forward
 
 
+GRAPHED_MODES = ("bf16", "int8", "int8+fallback")     # the eager ones: compiled code is not captured
+
+
+def graphed_step(step, block, device):
+    """step() captured in a CUDA graph, as cuda_graph.GraphedMicroStep captures train.py's
+    micro-step: one eager run on a side stream first (which also makes every gradient exist, so
+    the graph adds into them), the fallback's pending counts read before the capture (a capture
+    forbids the sync), and the stochastic-rounding salt redrawn inside (quantize_cuda). Returns
+    the graph's replay: one call queues the whole step, so the time is the GPU's, not Python's."""
+    from quantize_cuda import refresh_sr_salt
+
+    def run():
+        refresh_sr_salt(device)
+        step()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    block.fallback_config.flush()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
 def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
     """Forward + backward of one block per mode: median step ms, speedup against the faster of
     bf16 eager and bf16 compile, memory held for backward (saved tensors) and the step's peak
     (on a GPU: the peak allocation during a step above what stays allocated between steps, i.e.
     parameters, gradients and inputs, which every mode keeps in fp32 alike).
+    On a GPU, the eager modes (GRAPHED_MODES) are timed a second time as a CUDA graph
+    (graphed_step): graphed ms, and graphed speedup against the faster of graphed bf16 and bf16
+    compile. The eager times include Python queueing the step's kernels, which at widths up to
+    2048 takes longer than the GPU's work for the int8 modes (hundreds of small kernels) and
+    varies from run to run; the graphed times are the GPU's alone, as train.py runs its step.
     Compiled modes need a GPU (and torchao for fp8); on the CPU they are left out."""
     rows = []
     if device.type != "cuda":
@@ -426,17 +458,25 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
             ms = timeit(step, warmup=2, reps=10)
             peak = ((torch.cuda.max_memory_allocated() - between) / 2**20
                     if device.type == "cuda" else None)
-            results[mode] = (ms, held, peak)
+            graphed = None
+            if device.type == "cuda" and mode in GRAPHED_MODES:
+                replay = graphed_step(step, block, device)
+                graphed = timeit(replay, warmup=3, reps=20)
+                del replay
+            results[mode] = (ms, held, peak, graphed)
             del block, step, forward
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         base = min(results[m][0] for m in ("bf16", "bf16 compile") if m in results)
-        base_held, base_peak = results["bf16"][1:]
-        for mode, (ms, held, peak) in results.items():
+        base_held, base_peak = results["bf16"][1:3]
+        base_graphed = min([results["bf16"][3] or float("inf")]
+                           + [results[m][0] for m in ("bf16 compile",) if m in results])
+        for mode, (ms, held, peak, graphed) in results.items():
             rows.append(dict(op=f"{style} block fwd+bwd, {mode}", shape=f"B={B} T={T} C={C}",
                              ms=ms, speedup=base / ms, held_MiB=held / 2**20,
                              held_ratio=base_held / held if held else None, peak_MiB=peak,
-                             peak_ratio=base_peak / peak if peak else None))
+                             peak_ratio=base_peak / peak if peak else None, graphed_ms=graphed,
+                             graphed_speedup=base_graphed / graphed if graphed else None))
     return rows
 
 
