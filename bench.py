@@ -458,13 +458,16 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
             ms = timeit(step, warmup=2, reps=10)
             peak = ((torch.cuda.max_memory_allocated() - between) / 2**20
                     if device.type == "cuda" else None)
+            del block, step, forward
             graphed = None
             if device.type == "cuda" and mode in GRAPHED_MODES:
+                # a fresh block whose first step is graphed_step's (an autograd node kept from
+                # an eager step on the default stream would make the capture fail)
+                block, step, _ = block_case(style, C, B, T, mode, device)
                 replay = graphed_step(step, block, device)
                 graphed = timeit(replay, warmup=3, reps=20)
-                del replay
+                del replay, block, step
             results[mode] = (ms, held, peak, graphed)
-            del block, step, forward
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         base = min(results[m][0] for m in ("bf16", "bf16 compile") if m in results)
