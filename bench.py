@@ -370,9 +370,8 @@ def make_block(style, C, T, mode, device):
                     norm="layernorm" if style == "gpt2" else "rmsnorm",
                     int8=int8, fallback=mode == "int8+fallback")
     torch.manual_seed(0)
-    fallback = FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold)
-    block = Block(cfg, fallback, 0).to(device)
-    block.fallback_config = fallback         # (graphed_step reads its counts before a capture)
+    block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
+                  0).to(device)
     if mode.startswith("fp8"):
         from torchao.float8 import convert_to_float8_training
         convert_to_float8_training(block)
@@ -406,25 +405,11 @@ GRAPHED_MODES = ("bf16", "int8", "int8+fallback")     # the eager ones: compiled
 
 
 def graphed_step(step, block, device):
-    """step() captured in a CUDA graph, as cuda_graph.GraphedMicroStep captures train.py's
-    micro-step: one eager run on a side stream first (which also makes every gradient exist, so
-    the graph adds into them), the fallback's pending counts read before the capture (a capture
-    forbids the sync), and the stochastic-rounding salt redrawn inside (quantize_cuda). Returns
-    the graph's replay: one call queues the whole step, so the time is the GPU's, not Python's."""
-    from quantize_cuda import refresh_sr_salt
-
-    def run():
-        refresh_sr_salt(device)
-        step()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    block.fallback_config.flush()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
+    """step() captured in a CUDA graph as train.py's micro-step is (cuda_graph.capture_step; the
+    fallback's pending counts read before the capture). Returns the graph's replay: one call
+    queues the whole step, so the time is the GPU's, not Python's."""
+    from cuda_graph import capture_step
+    _, graph, _ = capture_step(step, device, torch.cuda.Stream(), block.spec.fb.flush)
     return graph.replay
 
 

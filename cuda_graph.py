@@ -28,6 +28,27 @@ import torch
 from quantize_cuda import refresh_sr_salt
 
 
+def capture_step(step, device, side, between=None):
+    """torch's recipe for capturing a training step: step() runs once eagerly on the `side`
+    stream (lazy initialisation happens outside the capture, and every gradient it adds into
+    exists), then between() (host reads, which a capture forbids), then step() is captured on the
+    same stream (which runs nothing). Each run first redraws the stochastic-rounding salt, so that
+    every replay rounds anew. Returns (the eager run's result, the graph, the captured run's)."""
+    def run():
+        refresh_sr_salt(device)
+        return step()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        eager = run()
+    torch.cuda.current_stream().wait_stream(side)
+    if between is not None:
+        between()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    return eager, graph, captured
+
+
 class GraphedMicroStep:
     """model(X, Y) -> (logits, loss); a call runs loss.backward() scaled by `scale` on the batch
     (X, Y) and returns the loss (a graph-owned tensor: use it before the next call)."""
@@ -58,7 +79,6 @@ class GraphedMicroStep:
         self.replayed = False
 
     def _run(self):
-        refresh_sr_salt(self.x.device)
         with self.autocast:
             _, loss = self.model(self.x, self.y)
         (loss * self.scale).backward()
@@ -81,17 +101,15 @@ class GraphedMicroStep:
                 p.grad = torch.zeros_like(p)
         # one side stream for every capture: cuBLAS keeps a workspace per stream it ran on
         # (64 MiB on an H100), so a new stream per re-capture would hold one more each time
-        side = self.side = self.side or torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            loss = self._run().clone()
-        torch.cuda.current_stream().wait_stream(side)
-        if fb is not None:
-            fb.flush()                           # (reads the eager run's counts: one sync)
-            eager_stats = dict(fb.stats)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.loss = self._run()
+        self.side = self.side or torch.cuda.Stream()
+        eager_stats = {}
+
+        def between():
+            if fb is not None:
+                fb.flush()                       # (reads the eager run's counts: one sync)
+                eager_stats.update(fb.stats)
+        loss, graph, self.loss = capture_step(self._run, self.x.device, self.side, between)
+        loss = loss.clone()
         self.graph, self.captures = graph, self.captures + 1
         if fb is not None:                       # the captured forward's, for the replays; this
             self.stats, fb.stats = dict(fb.stats), eager_stats    # step's are the eager run's

@@ -221,6 +221,9 @@ def _halves(t, on_a):
     return 2 if SPLIT_HALVES and on_a and t.qblock == 32 and few else 1
 
 
+_NO_MAP = np.zeros(1, np.dtype((np.void, 128)))   # a tensor map argument the kernel never reads
+
+
 def plane_args(a, b):
     """The kernels' p_* arguments: the compact second plane of the one operand that has one
     (fallback.py), its lists (plane_lists_cuda, per tile or per half: _halves) and the tensor maps
@@ -238,5 +241,3 @@ def plane_args(a, b):
     return (listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
             np.int32(t is not a), o_map, q_map)
 
-
-_NO_MAP = np.zeros(1, np.dtype((np.void, 128)))   # a tensor map argument the kernel never reads

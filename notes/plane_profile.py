@@ -8,8 +8,8 @@
 Forward GEMM 16384x2048x8192, int8 out, QB = 32, uniform 'topk' flags (as bench.py's fallback
 rows), GPU time of the kernels (bench.kernel_ms), median of 3.
 --summary: warp-stall samples per SASS instruction from `ncu --page source --csv`, summed by
-opcode and by the code region they fall in (the regions are told apart by the instructions
-only they hold: the plane's stages hold the exact promotion's I2F), and the top instructions.
+opcode, and the top instructions with their stall reasons (notes/plane_profile.log reads the
+regions off their addresses: consume_plane is the loop that holds the exact promotion's I2FP).
 """
 import csv
 import collections
