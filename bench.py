@@ -30,7 +30,7 @@ from int8_linear import gemm
 from int8_norm import layernorm_fwd
 from model import Block, GPTConfig
 from fallback import FallbackConfig
-from quantize import dequantize, quantize
+from quantize import check_qblock, dequantize, quantize
 
 
 def timeit(fn, warmup=3, reps=20):
@@ -350,6 +350,19 @@ def plane_rows(device, M, K, qblock):
 BLOCK_MODES = ("bf16", "bf16 compile", "fp8 torchao compile", "int8", "int8+fallback")
 
 
+def block_modes(qblocks):
+    """BLOCK_MODES with the int8 modes also at each larger block edge: "int8 QB128" is the int8
+    block with 128 x 128 blocks (plain "int8" is QB = 32, Jetfire's)."""
+    extra = [f"{m} QB{qb}" for qb in qblocks if qb != 32 for m in ("int8", "int8+fallback")]
+    return BLOCK_MODES + tuple(extra)
+
+
+def mode_qblock(mode):
+    """("int8", 128) for "int8 QB128"; a mode without a suffix is QB = 32."""
+    base, _, qb = mode.partition(" QB")
+    return base, int(qb) if qb else 32
+
+
 def float8_available():
     """torchao's float8 training (the Hopper peer: tensorwise-scaled fp8 GEMMs, torch.compile'd)
     runs on sm_89+ when torchao is importable; a missing torchao just drops its rows."""
@@ -362,13 +375,13 @@ def float8_available():
 
 def make_block(style, C, T, mode, device):
     """The block bench.py times: GPT-2 (LayerNorm + GELU) or Llama (RMSNorm + SwiGLU) style, in
-    one of BLOCK_MODES. Compiled modes compile the bf16 block (fp8: after torchao swaps its
+    one of block_modes(). Compiled modes compile the bf16 block (fp8: after torchao swaps its
     nn.Linear layers for Float8Linear)."""
-    int8 = mode.startswith("int8")
+    base, qblock = mode_qblock(mode)
     cfg = GPTConfig(n_embd=C, n_head=max(1, C // 128), block_size=T,
                     mlp="gelu" if style == "gpt2" else "swiglu",
                     norm="layernorm" if style == "gpt2" else "rmsnorm",
-                    int8=int8, fallback=mode == "int8+fallback")
+                    int8=base.startswith("int8"), fallback=base == "int8+fallback", qblock=qblock)
     torch.manual_seed(0)
     block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
                   0).to(device)
@@ -445,7 +458,7 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
                     if device.type == "cuda" else None)
             del block, step, forward
             graphed = None
-            if device.type == "cuda" and mode in GRAPHED_MODES:
+            if device.type == "cuda" and mode_qblock(mode)[0] in GRAPHED_MODES:
                 # a fresh block whose first step is graphed_step's (an autograd node kept from
                 # an eager step on the default stream would make the capture fail)
                 block, step, _ = block_case(style, C, B, T, mode, device)
@@ -489,11 +502,17 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--widths", default=None,
                    help="block widths, comma list (default 1024,2048,4096 on a GPU, 256 on CPU)")
+    p.add_argument("--block_qblocks", default="32,128",
+                   help="block edges of the int8 block rows, comma list of 32, 64, 128 (32 is "
+                        "always run: the plain int8 rows)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     big = device.type == "cuda"
     widths = ([int(w) for w in args.widths.split(",")] if args.widths
               else [1024, 2048, 4096] if big else [256])
+    qblocks = [int(q) for q in args.block_qblocks.split(",")]
+    for qb in qblocks:
+        check_qblock(qb)
     sections = {
         "ops": lambda: bench_ops(device, [(16384, 2048), (16384, 4096)] if big else [(2048, 512)]),
         "gemm": lambda: bench_gemm(device, [(16384, 768, 3072), (16384, 3072, 768),
@@ -504,7 +523,8 @@ def main(argv=None):
                                            if big else [(256, 256, 256)]),
         "block": lambda: [row for style in ("gpt2", "llama")
                           for row in bench_block(device, widths, style,
-                                                 *((4, 2048) if big else (2, 128)))],
+                                                 *((4, 2048) if big else (2, 128)),
+                                                 block_modes(qblocks))],
     }
     # a copy of the tree without .git (a rented GPU box) names its commit in BENCH_COMMIT
     commit = os.environ.get("BENCH_COMMIT") or subprocess.run(

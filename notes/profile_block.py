@@ -1,64 +1,93 @@
-"""Where a block's forward + backward time goes, by torch.profiler (not part of the library).
+"""Where a block's forward + backward GPU time goes, by torch.profiler (not part of the library).
 
-    python3 notes/profile_block.py [--style=llama|gpt2] [--width=2048]
+    python3 notes/profile_block.py [--style=llama|gpt2] [--width=4096] [--modes=bf16,int8,"int8 QB128"]
 
-Builds bench.py's block (B=4, T=2048) in int8 and int8 + fallback, runs 3 warm-up steps, then
-profiles 5 steps and prints: wall ms per step, GPU (kernel) ms per step, and the top ops by GPU
-time and by CPU time. GPU << wall means the step is bound by the host (Python, launches, syncs).
+Builds bench.py's block (B=4, T=2048) in each mode (bench.block_modes' names), runs 3 warm-up
+steps, then profiles 5 eager steps and prints per step: the wall time, the GPU's kernel time, that
+kernel time by kind (the int8 GEMMs, cuBLAS, attention, quantize, norms, activations, the fallback
+plane, torch's own kernels) and the top kernels. The kernels are the ones a graphed step replays,
+so their sum is the graphed step's time less the gaps between kernels.
 """
 import argparse
 import os
+import re
 import sys
 import time
+from collections import defaultdict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import block_case  # noqa: E402
 
+KINDS = [   # (kind, pattern on the kernel's name), first match wins
+    ("int8 GEMM", r"^gemm_(sm90_)?(int8|float)_kernel"),
+    ("fallback plane", r"^(scale_histogram|plane_select|plane_residual|plane_lists)_kernel"),
+    ("quantize / transpose", r"^(quantize|transpose|dequantize|colsum)_kernel"),
+    ("norm (int8 kernels)", r"^norm_(fwd|bwd)_kernel"),
+    ("GELU / SwiGLU (int8 kernels)", r"^(gelu|swiglu)_(fwd|bwd)_kernel"),
+    ("attention", r"flash|sdpa|fmha|attention"),
+    ("cuBLAS GEMM", r"nvjet|gemm|xmma|cutlass"),
+    ("torch norm", r"layer_norm|rms_norm|norm"),
+    ("torch elementwise / reduce / copy", r""),
+]
+
+
+def kind_of(name):
+    return next(k for k, pat in KINDS if re.search(pat, name))
+
 
 def time_steps(step, n=5, warmup=3):
-    """After warmup steps: (ms per step until the host has queued n steps, ms per step until
-    the GPU has run them)."""
+    """ms per step after warmup steps, until the GPU has run n steps."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
         step()
-    host = (time.perf_counter() - t0) / n * 1e3
     torch.cuda.synchronize()
-    return host, (time.perf_counter() - t0) / n * 1e3
+    return (time.perf_counter() - t0) / n * 1e3
 
 
-def profile_steps(step, n=5):
-    """torch.profiler over n calls of step (CPU and CUDA activity): the op table
-    (key_averages) and the GPU kernel ms per step."""
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
+def kernel_times(step, n=5):
+    """{kernel name: (GPU ms per step, launches per step)} over n profiled steps."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
             step()
         torch.cuda.synchronize()
-    events = prof.key_averages()
-    # kernels only: with CPU activity on, each op's row repeats its kernels' device time
-    gpu = sum(e.self_device_time_total for e in events
-              if e.device_type == torch.autograd.DeviceType.CUDA) / n / 1e3
-    return events, gpu
+    out = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0:
+            out[e.key] = (e.self_device_time_total / n / 1e3, e.count / n)
+    return out
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--style", default="llama")
-    p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--modes", default="bf16,int8,int8+fallback")
+    p.add_argument("--top", type=int, default=8)
     args = p.parse_args()
     B, T, C = 4, 2048, args.width
-    for mode in ("bf16", "int8", "int8+fallback"):
+    for mode in args.modes.split(","):
         _, step, _ = block_case(args.style, C, B, T, mode, torch.device("cuda"))
-        _, wall = time_steps(step)
-        events, gpu = profile_steps(step)
-        print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} ms/step")
-        print(events.table(sort_by="self_device_time_total", row_limit=18, max_name_column_width=60))
-        print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+        wall = time_steps(step)
+        kernels = kernel_times(step)
+        by_kind = defaultdict(float)
+        for name, (ms, _) in kernels.items():
+            by_kind[kind_of(name)] += ms
+        gpu = sum(by_kind.values())
+        print(f"\n## {args.style} C={C} {mode}: wall {wall:.2f} ms/step, GPU kernels {gpu:.2f} "
+              f"ms/step, {sum(c for _, c in kernels.values()):.0f} kernels/step")
+        print("| kind | ms/step | share |\n|---|---|---|")
+        for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+            print(f"| {kind} | {ms:.3f} | {ms / gpu:.1%} |")
+        print(f"top {args.top} kernels (ms/step, launches/step):")
+        for name, (ms, count) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
+            print(f"  {ms:7.3f} {count:4.0f}  {name[:100]}")
+        del step
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

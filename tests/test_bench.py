@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bench import bench_block, block_case, graphed_step
+from bench import bench_block, block_case, block_modes, graphed_step, main, mode_qblock
 
 
 def test_block_rows_on_the_cpu_have_no_graphed_time():
@@ -12,6 +12,28 @@ def test_block_rows_on_the_cpu_have_no_graphed_time():
         assert r["ms"] > 0 and r["held_MiB"] > 0
         assert r["graphed_ms"] is None and r["graphed_speedup"] is None
     assert rows[0]["speedup"] == 1.0
+
+
+def test_block_modes_add_int8_rows_at_larger_block_edges():
+    assert mode_qblock("int8") == ("int8", 32)
+    assert mode_qblock("int8+fallback QB128") == ("int8+fallback", 128)
+    modes = block_modes([32, 128])
+    assert modes[:5] == ("bf16", "bf16 compile", "fp8 torchao compile", "int8", "int8+fallback")
+    assert modes[5:] == ("int8 QB128", "int8+fallback QB128")
+
+
+def test_an_int8_block_row_at_qb128_runs_the_qb128_block():
+    block, _, _ = block_case("gpt2", 128, 1, 32, "int8 QB128", torch.device("cpu"))
+    assert block.spec.qblock == 128 and not block.spec.fb.enabled
+    block, _, _ = block_case("gpt2", 128, 1, 32, "int8+fallback QB128", torch.device("cpu"))
+    assert block.spec.qblock == 128 and block.spec.fb.enabled
+    rows = bench_block(torch.device("cpu"), [128], "gpt2", 1, 32, modes=("bf16", "int8 QB128"))
+    assert rows[1]["op"] == "gpt2 block fwd+bwd, int8 QB128" and rows[1]["ms"] > 0
+
+
+def test_bench_refuses_an_unsupported_block_edge(tmp_path):
+    with pytest.raises(ValueError, match="qblock must be one of"):
+        main(["--only=block", "--device=cpu", f"--out={tmp_path}", "--block_qblocks=32,48"])
 
 
 @pytest.mark.gpu
