@@ -16,8 +16,9 @@ pipelined: iteration j sends strip j+1's shares, quantizes strip j, and only the
 others' shares of j+1, on an mbarrier that counts their bytes. There is no cluster barrier in
 the loop: barrier.cluster.arrive.release compiles to MEMBAR.ALL.GPU, which waits for every
 store and copy the thread has in flight (75-79% of copy at C = 4096 with one per strip, 86-88%
-without). Widths up to C = 4096 (QB = 32), 2048 (QB = 64), 1024 (QB = 128); wider rows take
-the reference (a wider CTA slab would not fit the three-slab ring).
+without). Widths up to C = 4096 (QB = 32), 2048 (QB = 64), 1024 (QB = 128); wider rows (a wider
+CTA slab would not fit the three-slab ring) take the wide path below: the rows' statistics by
+one kernel, the blocks by another, x read twice.
 """
 import ctypes
 from functools import lru_cache
@@ -69,10 +70,8 @@ __device__ __forceinline__ void cluster_sync() {       // all threads of all K C
 }
 """
 
-NORM_FWD_SRC = COMMON + ASYNC_SRC + r"""
-// K: CTAs per cluster; LN: LayerNorm (else RMSNorm); BIAS; VEC: 16-byte copies (C % 4 == 0)
-#define STAGES 3                                     // ring slots: strips j, j+1, j+2
-#define PER (VEC ? 4 : 1)                            // floats per cp.async
+# what both forward kernels (the cluster one and the wide one) quantize with
+STORE_SRC = r"""
 __device__ __forceinline__ float max_nan(float a, float b) {  // max that keeps a NaN (sm_80+)
     float d;
     asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
@@ -84,19 +83,6 @@ __device__ __forceinline__ float ncols(int C, int c, int width) {   // columns o
 __device__ __forceinline__ void lds16(const float* p, float v[16]) {  // 16 floats, 4 x LDS.128
 #pragma unroll
     for (int m = 0; m < 4; ++m) *(float4*)(v + 4 * m) = *(const float4*)(p + 4 * m);
-}
-
-// cp.async the CTA's slab of the strip at row r0 (QB rows x W columns from c0) into buf, rows
-// LD = W + 4 floats apart (the 8 threads of a quarter warp then read distinct banks)
-__device__ __forceinline__ void load_slab(float* buf, const float* x, int r0, int c0, int W,
-                                          int rows, int C) {
-    const int LD = W + 4, row = threadIdx.x / (W / PER), col = threadIdx.x % (W / PER) * PER;
-#pragma unroll 8
-    for (int i = 0; i < 32 / PER; ++i) {               // QB * W floats over W * QB / 32 threads
-        const int r = row + i * (QB * PER / 32);
-        const bool ok = r0 + r < rows && c0 + col < C;
-        cp_async<4 * PER>(buf + r * LD + col, ok ? x + (long long)(r0 + r) * C + c0 + col : x, ok);
-    }
 }
 
 // RTN of 16 values. With inv from the block's own absmax |v * inv| <= 127 (1 + 2^-22), which
@@ -123,6 +109,25 @@ __device__ __forceinline__ void store_block(const float v[2][16], float amax, fl
         __stcs((uint4*)(q + o), p0);
         __stcs((uint4*)(q + o + (long long)HALF * Cp), p1);
         if (leader) s[sidx] = sc;
+    }
+}
+"""
+
+NORM_FWD_SRC = COMMON + ASYNC_SRC + STORE_SRC + r"""
+// K: CTAs per cluster; LN: LayerNorm (else RMSNorm); BIAS; VEC: 16-byte copies (C % 4 == 0)
+#define STAGES 3                                     // ring slots: strips j, j+1, j+2
+#define PER (VEC ? 4 : 1)                            // floats per cp.async
+
+// cp.async the CTA's slab of the strip at row r0 (QB rows x W columns from c0) into buf, rows
+// LD = W + 4 floats apart (the 8 threads of a quarter warp then read distinct banks)
+__device__ __forceinline__ void load_slab(float* buf, const float* x, int r0, int c0, int W,
+                                          int rows, int C) {
+    const int LD = W + 4, row = threadIdx.x / (W / PER), col = threadIdx.x % (W / PER) * PER;
+#pragma unroll 8
+    for (int i = 0; i < 32 / PER; ++i) {               // QB * W floats over W * QB / 32 threads
+        const int r = row + i * (QB * PER / 32);
+        const bool ok = r0 + r < rows && c0 + col < C;
+        cp_async<4 * PER>(buf + r * LD + col, ok ? x + (long long)(r0 + r) * C + c0 + col : x, ok);
     }
 }
 
@@ -275,6 +280,130 @@ norm_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
 }
 """
 
+# The wide path: rows too wide for one cluster at this QB (a CTA of 512 threads holds 16, 4 or 1
+# blocks of QB = 32, 64, 128, a cluster 8 CTAs: C > 4096, 2048, 1024). Two kernels, x read twice
+# (8 bytes in, 2 out per element, against the cluster kernel's 4 in, 2 out): the rows' statistics,
+# then every block on its own, as quantize_cuda.py lays a block over its threads.
+NORM_WIDE_SRC = COMMON + STORE_SRC + r"""
+// LN: LayerNorm (else RMSNorm); BIAS; VEC: 16-byte loads (C % 4 == 0 and x 16-byte aligned)
+
+// (mean, rstd) of each row, a warp a row: 512 columns at a time (a float4 a lane, 4 times),
+// each segment two-pass from registers (its mean, then its centred sum of squares M2, as the
+// reference's two-pass variance), merged into the row's by Chan et al.'s parallel formula
+// mean = mean_a + d n_b / n, M2 = M2_a + M2_b + d^2 n_a n_b / n (d = mean_b - mean_a).
+// RMSNorm: means 0, M2 = the sum of x^2.
+extern "C" __global__ void __launch_bounds__(256)
+norm_stats_kernel(const float* __restrict__ x, int rows, int C, float eps,
+                  float2* __restrict__ stat, float* __restrict__ rstd_out) {
+    const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + (long long)row * C;
+    float n = 0.0f, mean = 0.0f, M2 = 0.0f;
+    for (int c0 = 0; c0 < C; c0 += 512) {
+        float v[16];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {                  // columns c0 + 128 i + 4 lane + (0..3)
+            const int c = c0 + 128 * i + 4 * lane;
+            if (VEC && c + 4 <= C) {
+                const float4 f = __ldg((const float4*)(xr + c));
+                v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) v[4 * i + k] = c + k < C ? __ldg(xr + c + k) : 0.0f;
+            }
+        }
+        const float nb = ncols(C, c0, 512);
+        float mb = 0.0f, M2b = 0.0f;
+#if LN
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) s += v[k];                       // zeros past C
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        mb = s / nb;
+#pragma unroll
+        for (int k = 0; k < 16; ++k)
+            v[k] = c0 + 128 * (k / 4) + 4 * lane + k % 4 < C ? v[k] - mb : 0.0f;
+#endif
+#pragma unroll
+        for (int k = 0; k < 16; ++k) M2b = fmaf(v[k], v[k], M2b);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M2b += __shfl_xor_sync(0xffffffffu, M2b, o);
+        const float nt = n + nb, d = mb - mean;
+        mean += d * (nb / nt);
+        M2 += M2b + d * d * (n * nb / nt);
+        n = nt;
+    }
+    const float rs = 1.0f / sqrtf(__fdiv_rn(M2, (float)C) + eps);
+    if (lane == 0) {
+        stat[row] = make_float2(mean, rs);
+        rstd_out[row] = rs;
+    }
+}
+
+// 16 consecutive floats of row r from column c (zeros outside (rows, C))
+__device__ __forceinline__ void ldg16(const float* x, int r, int c, int rows, int C, float v[16]) {
+    const float* p = x + (long long)r * C + c;
+    if (VEC && r < rows && c + 16 <= C) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float4 f = __ldcs((const float4*)p + i);          // the last read of x
+            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 16; ++k) v[k] = r < rows && c + k < C ? p[k] : 0.0f;
+    }
+}
+
+// Then a group of G threads a block (GPC blocks to a CTA): xhat = (x - mean) * rstd and
+// y = xhat * w (+ b), each quantized with its block's absmax, as the cluster kernel rounds them.
+// QB = 128: two CTAs an SM (64 registers a thread), else one 512-thread CTA would leave the SM
+// idle at each of its group_max barriers
+extern "C" __global__ void __launch_bounds__(NT, QB == 128 ? 2 : 1)
+norm_quant_kernel(const float* __restrict__ x, const float2* __restrict__ stat,
+                  const float* __restrict__ w, const float* __restrict__ bias, int rows, int C,
+                  int Cb, i8* __restrict__ yq, float* __restrict__ ys, i8* __restrict__ xq,
+                  float* __restrict__ xs, int* flag) {
+    __shared__ float red[32];
+    const int g = threadIdx.x / G, t = threadIdx.x % G, bi = blockIdx.y, bj = blockIdx.x * GPC + g;
+    const int Cp = Cb * QB, r = bi * QB + t / TPR, c = bj * QB + (t % TPR) * 16;
+    const int nvalid = min(max(C - c, 0), 16);         // this thread's columns inside C
+    const bool live = bj < Cb, leader = t == 0;
+    float v[2][16], amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int ri = r + i * HALF;
+        const float2 st = ri < rows ? stat[ri] : make_float2(0.0f, 0.0f);
+        ldg16(x, ri, c, rows, C, v[i]);
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            v[i][k] = ri < rows && k < nvalid ? __fmul_rn(v[i][k] - st.x, st.y) : 0.0f;
+            amax = max_nan(amax, fabsf(v[i][k]));
+        }
+    }
+    const long long o = (long long)r * Cp + c;
+    store_block(v, amax, red, xq, xs, o, Cp, bi * Cb + bj, live, leader, flag);
+    float wv[16], bv[16];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+        wv[k] = k < nvalid ? w[c + k] : 0.0f;
+        bv[k] = BIAS && k < nvalid ? bias[c + k] : 0.0f;
+    }
+    amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int k = 0; k < 16; ++k) {
+            const float y = __fmul_rn(v[i][k], wv[k]);
+            v[i][k] = r + i * HALF < rows ? (BIAS ? __fadd_rn(y, bv[k]) : y) : 0.0f;
+            amax = max_nan(amax, fabsf(v[i][k]));
+        }
+    store_block(v, amax, red, yq, ys, o, Cp, bi * Cb + bj, live, leader, flag);
+}
+"""
+
+
 class _LaunchConfig(ctypes.Structure):          # the driver API's CUlaunchConfig
     _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
                 ("shared_mem", ctypes.c_uint), ("stream", ctypes.c_void_p),
@@ -312,7 +441,8 @@ def max_active_clusters(kernel, K, threads, smem):
 
 def fwd_config(C, qblock):
     """(K CTAs per cluster, nblk blocks per CTA) for a row of C, or None if it does not fit
-    (a CTA takes 512 threads at most, i.e. 16, 4 or 1 blocks of QB = 32, 64, 128)."""
+    (a CTA takes 512 threads at most, i.e. 16, 4 or 1 blocks of QB = 32, 64, 128): then
+    norm_fwd_cuda takes the wide path."""
     G = qblock * qblock // 32
     Cb = pad_to(C, qblock) // qblock
     nblk = -(-Cb // min(8, Cb))                                # 8: the portable cluster size
@@ -330,9 +460,6 @@ def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
     if bias is not None:
         check_cuda(bias, "bias", (torch.float32,))
         assert bias.shape == (C,), f"bias must have shape ({C},), got {tuple(bias.shape)}"
-    cfg = fwd_config(C, qblock)
-    assert cfg is not None, f"C = {C} is too wide for the cluster kernel at qblock = {qblock}"
-    K, nblk = cfg
     rows = x.numel() // C
     Rb, Cb = pad_to(rows, qblock) // qblock, pad_to(C, qblock) // qblock
     dev = x.device
@@ -340,6 +467,12 @@ def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
                            torch.empty(Rb, Cb, device=dev), x.shape, qblock) for _ in range(2))
     rstd = torch.empty(rows, device=dev)
     vec = C % 4 == 0 and x.data_ptr() % 16 == 0
+    cfg = fwd_config(C, qblock)
+    if cfg is None:                                            # too wide for a cluster
+        _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd)
+        after_launch(dev, "x")
+        return y_q, xhat_q, rstd
+    K, nblk = cfg
     kernel = get_kernel(NORM_FWD_SRC, "norm_fwd_kernel",
                         (f"QB={qblock}", f"K={K}", f"LN={int(layernorm)}",
                          f"BIAS={int(bias is not None)}", f"VEC={int(vec)}"), dev)
@@ -352,3 +485,18 @@ def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
             nonfinite_flag(dev)), shared_mem=smem)
     after_launch(dev, "x")
     return y_q, xhat_q, rstd
+
+
+def _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd):
+    """The wide path (NORM_WIDE_SRC): norm_stats_kernel, then norm_quant_kernel."""
+    dev, QB = x.device, y_q.qblock
+    defines = (f"QB={QB}", f"LN={int(layernorm)}", f"BIAS={int(bias is not None)}",
+               f"VEC={int(vec)}")
+    stat = torch.empty(rows, 2, device=dev)                    # (mean, rstd) per row
+    launch(get_kernel(NORM_WIDE_SRC, "norm_stats_kernel", defines, dev), (-(-rows // 8),),
+           (256,), (x, np.int32(rows), np.int32(C), np.float32(eps), stat, rstd))
+    per_cta = 4 if QB == 32 else 1                             # COMMON's GPC
+    launch(get_kernel(NORM_WIDE_SRC, "norm_quant_kernel", defines, dev),
+           (-(-Cb // per_cta), y_q.q.shape[0] // QB), (per_cta * QB * QB // 32,),
+           (x, stat, weight, bias if bias is not None else weight, np.int32(rows), np.int32(C),
+            np.int32(Cb), y_q.q, y_q.s, xhat_q.q, xhat_q.s, nonfinite_flag(dev)))

@@ -14,6 +14,7 @@ import quantize_cuda
 from int8_norm import (layernorm_bwd, layernorm_bwd_ref, layernorm_fwd, layernorm_fwd_ref,
                        rmsnorm_bwd, rmsnorm_bwd_ref, rmsnorm_fwd, rmsnorm_fwd_ref)
 from int8_norm_bwd_cuda import norm_bwd_cuda
+import int8_norm_cuda
 from int8_norm_cuda import fwd_config, norm_fwd_cuda
 from quantize import QTensor, quantize
 
@@ -64,9 +65,12 @@ def rel(got, ref):
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
-def test_norm_fwd_bwd(shape, qblock, case, rms):
-    if fwd_config(shape[-1], qblock) is None:
-        pytest.skip(f"C = {shape[-1]} is wider than the kernel takes at qblock {qblock}")
+@pytest.mark.parametrize("path", ["auto", "wide"])
+def test_norm_fwd_bwd(shape, qblock, case, rms, path, monkeypatch):
+    """path 'auto': the cluster kernel where the row fits one cluster, else the wide path;
+    'wide': the wide path's two kernels at every width."""
+    if path == "wide":
+        monkeypatch.setattr(int8_norm_cuda, "fwd_config", lambda C, qblock: None)
     torch.manual_seed(0)
     C = shape[-1]
     x = make_x(shape, qblock, case)
@@ -101,11 +105,13 @@ def test_norm_fwd_bwd(shape, qblock, case, rms):
 
 
 @pytest.mark.parametrize("shape, qblock", [((8192, 1024), 32), ((2000, 4096), 32),
-                                           ((4100, 2048), 64), ((3000, 1024), 128)])
+                                           ((4100, 2048), 64), ((3000, 1024), 128),
+                                           ((4100, 6144), 128)])
 @pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
 def test_many_strips_per_cluster(shape, qblock, rms):
     """Tall inputs: every cluster walks many strips, so the forward's ring slots, mailbox
-    parities and barrier phases wrap around, and the backward's CTAs run many batches."""
+    parities and barrier phases wrap around, and the backward's CTAs run many batches (the last
+    case is too wide for a cluster: the wide path, with a grid of 33 x 48 CTAs)."""
     torch.manual_seed(2)
     C = shape[-1]
     x = make_x(shape, qblock, "outlier")
@@ -141,10 +147,18 @@ def test_public_names_dispatch():
     assert_close_q(y_q, rmsnorm_fwd_ref(x.cpu(), w.cpu())[0])
     dx, dw = rmsnorm_bwd(dy_q, xhat_q, rstd, w)
     assert rel(dx, rmsnorm_bwd_ref(cpu(dy_q), cpu(xhat_q), rstd.cpu(), w.cpu())[0]) < 1e-5
-    # too wide for the cluster kernel at qblock 128: the reference runs, on the GPU
+    # too wide for the cluster kernel at qblock 128: the wide path's kernels, as fast as a
+    # copy of x would be, not the reference's dozen torch kernels
+    assert fwd_config(4096, 128) is None
     wide = make_x((40, 4096), 128, "randn")
-    y_q, _, _ = rmsnorm_fwd(wide, torch.ones(4096, device="cuda"), qblock=128)
-    assert y_q.q.is_cuda
+    w1 = torch.ones(4096, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        y_q, _, _ = rmsnorm_fwd(wide, w1, qblock=128)
+        torch.cuda.synchronize()
+    kernels = {e.key for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA}
+    assert kernels == {"norm_stats_kernel", "norm_quant_kernel"}, kernels
+    assert_close_q(y_q, rmsnorm_fwd_ref(wide.cpu(), w1.cpu(), 128)[0])
 
 
 def test_nonfinite_and_bad_input(monkeypatch):
@@ -153,6 +167,10 @@ def test_nonfinite_and_bad_input(monkeypatch):
     quantize_cuda.nonfinite_flag(x.device).zero_()
     x[5, 3] = float("nan")
     y_q, _, _ = norm_fwd_cuda(x, w, b, 32, 1e-5, True)
+    assert torch.isnan(y_q.s[0]).all() and torch.isfinite(y_q.s[1]).all()
+    wide = torch.randn(256, 10240, device="cuda")           # the wide path
+    wide[5, 3] = float("nan")
+    y_q, _, _ = norm_fwd_cuda(wide, torch.ones(10240, device="cuda"), None, 128, 1e-6, False)
     assert torch.isnan(y_q.s[0]).all() and torch.isfinite(y_q.s[1]).all()
     monkeypatch.setattr(quantize_cuda, "STRICT", True)
     with pytest.raises(ValueError, match="NaN or Inf"):
