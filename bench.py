@@ -385,6 +385,7 @@ def make_block(style, C, T, mode, device):
     torch.manual_seed(0)
     block = Block(cfg, FallbackConfig(cfg.fallback, cfg.fallback_rule, cfg.fallback_threshold),
                   0).to(device)
+    block.spec.fuse_wgrad = True              # as train.py runs it (no DDP): Int8Spec.wgrad
     if mode.startswith("fp8"):
         from torchao.float8 import convert_to_float8_training
         convert_to_float8_training(block)

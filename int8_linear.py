@@ -33,9 +33,10 @@ def linear_dgrad(dy_q, w_q, out="float", out_dtype=torch.float32):
     return gemm(dy_q, w_q.t(), out=out, out_dtype=out_dtype, shape=(*dy_q.shape[:-1], w_q.cols))
 
 
-def linear_wgrad(dy_q, x_q):
-    """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K)."""
-    return gemm(dy_q.t(), x_q.t(), out="float")
+def linear_wgrad(dy_q, x_q, accumulate=None):
+    """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K), or added into
+    `accumulate` (an fp32 tensor of N*K elements, returned)."""
+    return gemm(dy_q.t(), x_q.t(), out="float", accumulate=accumulate)
 
 
 class Int8LinearFunction(torch.autograd.Function):

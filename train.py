@@ -274,6 +274,9 @@ def main(argv=None):
         random.setstate(rngs[0]['python'])
         print0(f'resumed from {ckpt_path} at iter {iter_num}')
         del ckpt
+    # the int8 weight-gradient GEMMs add into existing .grad themselves (Int8Spec.wgrad); DDP's
+    # hooks wait for autograd to accumulate every gradient, and compile traces autograd's adds
+    raw_model.fuse_weight_grads(not ddp and not c.compile)
     model = torch.compile(raw_model) if c.compile else raw_model  # evaluation runs this
     train_model = model
     if ddp:  # DDP averages the fp32 gradients across ranks during backward

@@ -24,7 +24,7 @@ KINDS = [   # (kind, pattern on the kernel's name), first match wins
     ("int8 GEMM", r"^gemm_(sm90_)?(int8|float)_kernel"),
     ("fallback plane", r"^(scale_histogram|plane_select|plane_residual|plane_lists)_kernel"),
     ("quantize / transpose", r"^(quantize|transpose|dequantize|colsum)_kernel"),
-    ("norm (int8 kernels)", r"^norm_(fwd|bwd)_kernel"),
+    ("norm (int8 kernels)", r"^norm_(fwd|bwd|stats|quant)_kernel"),
     ("GELU / SwiGLU (int8 kernels)", r"^(gelu|swiglu)_(fwd|bwd)_kernel"),
     ("attention", r"flash|sdpa|fmha|attention"),
     ("cuBLAS GEMM", r"nvjet|gemm|xmma|cutlass"),

@@ -155,13 +155,14 @@ def test_public_names_dispatch():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         y_q, _, _ = rmsnorm_fwd(wide, w1, qblock=128)
         torch.cuda.synchronize()
-    kernels = {e.key for e in prof.key_averages()
-               if e.device_type == torch.autograd.DeviceType.CUDA}
+    kernels = {e.key for e in prof.key_averages()       # (INT8_STRICT=1 adds a flag read)
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.key.startswith("Memcpy")}
     assert kernels == {"norm_stats_kernel", "norm_quant_kernel"}, kernels
     assert_close_q(y_q, rmsnorm_fwd_ref(wide.cpu(), w1.cpu(), 128)[0])
 
 
 def test_nonfinite_and_bad_input(monkeypatch):
+    monkeypatch.setattr(quantize_cuda, "STRICT", False)    # (INT8_STRICT=1 would raise at once)
     x = make_x((64, 256), 32, "randn")
     w, b = make_params(256)
     quantize_cuda.nonfinite_flag(x.device).zero_()

@@ -142,6 +142,50 @@ def test_optimizer_groups_and_config_errors():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+@pytest.mark.parametrize("style", STYLES)
+def test_fused_weight_grads_add_what_autograd_adds(style, monkeypatch):
+    """fuse_weight_grads: where a weight's .grad exists, the wgrad GEMM adds into it and autograd
+    gets None. Two steps from the same weights and draws, fused and not, must leave the same
+    .grad (the first step finds .grad None and takes autograd's path in both)."""
+    import model as model_module
+    calls = []
+    wgrad = model_module.linear_wgrad
+    monkeypatch.setattr(model_module, "linear_wgrad", lambda dy_q, x_q, accumulate=None: (
+        calls.append(accumulate is not None), wgrad(dy_q, x_q, accumulate=accumulate))[1])
+    cfg = tiny(style, int8=True, fallback=True)
+    grads = {}
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        model = GPT(cfg)
+        model.fuse_weight_grads(fuse)
+        g = torch.Generator().manual_seed(1)
+        idx = torch.randint(0, 256, (2, 4, 64), generator=g)
+        torch.manual_seed(2)
+        calls.clear()
+        for i in range(2):
+            _, loss = model(idx[i], idx[i].roll(-1, 1))
+            loss.backward()
+        grads[fuse] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        # 4 weight GEMMs a block a step; fused only in the second step, when .grad exists
+        assert calls == [False] * 8 + [fuse] * 8, calls
+    for n, g in grads[False].items():
+        torch.testing.assert_close(grads[True][n], g, rtol=1e-6, atol=1e-7, msg=n)
+
+
+@pytest.mark.filterwarnings("ignore:grad and param do not obey")
+def test_fused_weight_grads_leave_other_grads_to_autograd():
+    """A .grad that is not fp32 and contiguous is autograd's to add into."""
+    torch.manual_seed(0)
+    model = GPT(tiny("gpt2", int8=True))
+    model.fuse_weight_grads()
+    w = model.transformer.h[0].attn.c_attn.weight
+    w.grad = torch.ones(w.shape[1], w.shape[0]).t()          # not contiguous
+    idx = torch.randint(0, 256, (2, 64))
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert torch.isfinite(w.grad).all() and not torch.equal(w.grad, torch.ones_like(w))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_fallback_block_step_has_no_host_sync_on_the_gpu(style):
