@@ -4,6 +4,7 @@ Speed and memory of the INT8 operators and transformer blocks against bf16 PyTor
     python bench.py                      # everything that fits in a few minutes on this device
     python bench.py --only=ops,block     # sections: ops, gemm, fallback, block
     python bench.py --out=results        # where the JSON and markdown tables go
+    python bench.py --block_qblocks=32   # block rows at QB = 32 only (default: 32 and 128)
 
 Every timing is the median of many runs after a warm-up, with fresh random inputs (never
 zeros); on a GPU with CUDA events, on the CPU with perf_counter. bf16 is measured in the same
