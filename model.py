@@ -87,7 +87,7 @@ class Int8Spec:
         (fp32, contiguous: a later micro-step, zero_grad(set_to_none=False), a graphed step),
         the GEMM's epilogue adds dW into w.grad itself and this returns None, so autograd leaves
         w.grad alone: one read and one write of w.grad, where autograd's accumulation costs
-        dW's write, two reads and a write (0.3 ms of a width-4096 block step on an H100). Off
+        dW's write, two reads and a write (0.8 ms of a width-4096 block step on an H100). Off
         under DDP, whose hooks wait for autograd to accumulate every gradient."""
         g = w.grad
         if (self.fuse_wgrad and g is not None and g.dtype == torch.float32
