@@ -186,7 +186,7 @@ def norm_blocks(x, weight, bias, rstd, qblock, layernorm):
 # kernel's int8 output from its scales and a recompute of the flagged blocks alone (the
 # residual kernel of fallback_cuda.py; norm_blocks where the plane is built by torch ops).
 
-def _fwd_on_cuda(x, weight, bias, qblock, fallback):
+def _fwd_on_cuda(x, weight, bias, fallback):
     if not plane_from_scales(fallback) or not isinstance(x, torch.Tensor) or x.dim() < 2:
         return False
     params = (weight,) if bias is None else (weight, bias)
@@ -224,7 +224,7 @@ def _norm_bwd(dy, xhat_q, rstd, weight, layernorm):
 
 def layernorm_fwd(x, weight, bias, qblock=32, eps=1e-5, fallback=None):
     """fallback=(rule, threshold) gives y_q's outlier blocks a second plane (fallback.py)."""
-    if _fwd_on_cuda(x, weight, bias, qblock, fallback):
+    if _fwd_on_cuda(x, weight, bias, fallback):
         return _norm_fwd(x, weight, bias, qblock, eps, True, fallback)
     return layernorm_fwd_ref(x, weight, bias, qblock, eps, fallback)
 
@@ -237,7 +237,7 @@ def layernorm_bwd(dy, xhat_q, rstd, weight, has_bias=True):
 
 
 def rmsnorm_fwd(x, weight, qblock=32, eps=1e-6, fallback=None):
-    if _fwd_on_cuda(x, weight, None, qblock, fallback):
+    if _fwd_on_cuda(x, weight, None, fallback):
         return _norm_fwd(x, weight, None, qblock, eps, False, fallback)
     return rmsnorm_fwd_ref(x, weight, qblock, eps, fallback)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from quantize import QTensor, get_kernel, launch, pad_to
-from quantize_cuda import COMMON, after_launch, check_cuda, nonfinite_flag
+from quantize_cuda import (COMMON, LOAD16_SRC, after_launch, block_grid, check_cuda,
+                           nonfinite_flag, threads)
 
 # shared with the backward (int8_norm_bwd_cuda.py), which needs cp.async too
 ASYNC_SRC = r"""
@@ -284,7 +285,7 @@ norm_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
 # blocks of QB = 32, 64, 128, a cluster 8 CTAs: C > 4096, 2048, 1024). Two kernels, x read twice
 # (8 bytes in, 2 out per element, against the cluster kernel's 4 in, 2 out): the rows' statistics,
 # then every block on its own, as quantize_cuda.py lays a block over its threads.
-NORM_WIDE_SRC = COMMON + STORE_SRC + r"""
+NORM_WIDE_SRC = COMMON + STORE_SRC + LOAD16_SRC + r"""
 // LN: LayerNorm (else RMSNorm); BIAS; VEC: 16-byte loads (C % 4 == 0 and x 16-byte aligned)
 
 // (mean, rstd) of each row, a warp a row: 512 columns at a time (a float4 a lane, 4 times),
@@ -341,21 +342,6 @@ norm_stats_kernel(const float* __restrict__ x, int rows, int C, float eps,
     }
 }
 
-// 16 consecutive floats of row r from column c (zeros outside (rows, C))
-__device__ __forceinline__ void ldg16(const float* x, int r, int c, int rows, int C, float v[16]) {
-    const float* p = x + (long long)r * C + c;
-    if (VEC && r < rows && c + 16 <= C) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float4 f = __ldcs((const float4*)p + i);          // the last read of x
-            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < 16; ++k) v[k] = r < rows && c + k < C ? p[k] : 0.0f;
-    }
-}
-
 // Then a group of G threads a block (GPC blocks to a CTA): xhat = (x - mean) * rstd and
 // y = xhat * w (+ b), each quantized with its block's absmax, as the cluster kernel rounds them.
 // QB = 128: two CTAs an SM (64 registers a thread), else one 512-thread CTA would leave the SM
@@ -375,7 +361,7 @@ norm_quant_kernel(const float* __restrict__ x, const float2* __restrict__ stat,
     for (int i = 0; i < 2; ++i) {
         const int ri = r + i * HALF;
         const float2 st = ri < rows ? stat[ri] : make_float2(0.0f, 0.0f);
-        ldg16(x, ri, c, rows, C, v[i]);
+        load16(x, ri, c, rows, C, v[i]);             // (the last read of x: __ldcs)
 #pragma unroll
         for (int k = 0; k < 16; ++k) {
             v[i][k] = ri < rows && k < nvalid ? __fmul_rn(v[i][k] - st.x, st.y) : 0.0f;
@@ -491,12 +477,11 @@ def _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_
     """The wide path (NORM_WIDE_SRC): norm_stats_kernel, then norm_quant_kernel."""
     dev, QB = x.device, y_q.qblock
     defines = (f"QB={QB}", f"LN={int(layernorm)}", f"BIAS={int(bias is not None)}",
-               f"VEC={int(vec)}")
+               f"VEC={int(vec)}", "X_BF16=0")
     stat = torch.empty(rows, 2, device=dev)                    # (mean, rstd) per row
     launch(get_kernel(NORM_WIDE_SRC, "norm_stats_kernel", defines, dev), (-(-rows // 8),),
            (256,), (x, np.int32(rows), np.int32(C), np.float32(eps), stat, rstd))
-    per_cta = 4 if QB == 32 else 1                             # COMMON's GPC
     launch(get_kernel(NORM_WIDE_SRC, "norm_quant_kernel", defines, dev),
-           (-(-Cb // per_cta), y_q.q.shape[0] // QB), (per_cta * QB * QB // 32,),
+           (block_grid(Cb, QB)[0], y_q.q.shape[0] // QB), (threads(QB),),
            (x, stat, weight, bias if bias is not None else weight, np.int32(rows), np.int32(C),
             np.int32(Cb), y_q.q, y_q.s, xhat_q.q, xhat_q.s, nonfinite_flag(dev)))

@@ -157,9 +157,9 @@ __device__ __forceinline__ float block_scale(float amax, float* inv, int* flag, 
 # ---------------------------------------------------------------------------------------------
 # kernels
 
-QUANTIZE_SRC = COMMON + r"""
-// X_BF16: x is bf16 (else fp32); VEC: C is a multiple of the 16-byte vector (aligned rows);
-// SR: stochastic rounding; TRANS: also write the transposed copy qT, sT.
+# a block-local kernel's loads of its x values (quantize_kernel's, and the norm's wide path)
+LOAD16_SRC = r"""
+// X_BF16: x is bf16 (else fp32); VEC: C is a multiple of the 16-byte vector (aligned rows)
 #if X_BF16
 typedef unsigned short xt;
 #define VW 8
@@ -198,6 +198,10 @@ __device__ __forceinline__ void load16(const xt* x, int r, int c, int rows, int 
         }
     }
 }
+"""
+
+QUANTIZE_SRC = COMMON + LOAD16_SRC + r"""
+// SR: stochastic rounding; TRANS: also write the transposed copy qT, sT.
 
 extern "C" __global__ void __launch_bounds__(NT)
 quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,

@@ -12,13 +12,12 @@ import argparse
 import os
 import re
 import sys
-import time
 from collections import defaultdict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench import block_case  # noqa: E402
+from bench import block_case, timeit  # noqa: E402
 
 KINDS = [   # (kind, pattern on the kernel's name), first match wins
     ("int8 GEMM", r"^gemm_(sm90_)?(int8|float)_kernel"),
@@ -35,18 +34,6 @@ KINDS = [   # (kind, pattern on the kernel's name), first match wins
 
 def kind_of(name):
     return next(k for k, pat in KINDS if re.search(pat, name))
-
-
-def time_steps(step, n=5, warmup=3):
-    """ms per step after warmup steps, until the GPU has run n steps."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
 
 
 def kernel_times(step, n=5):
@@ -72,7 +59,7 @@ def main():
     B, T, C = 4, 2048, args.width
     for mode in args.modes.split(","):
         _, step, _ = block_case(args.style, C, B, T, mode, torch.device("cuda"))
-        wall = time_steps(step)
+        wall = timeit(step, warmup=3, reps=5)        # a step, host included (median)
         kernels = kernel_times(step)
         by_kind = defaultdict(float)
         for name, (ms, _) in kernels.items():
