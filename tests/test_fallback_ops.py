@@ -36,7 +36,7 @@ def kernels_on_cpu(monkeypatch):
     monkeypatch.setattr(int8_gelu, "_plain_cuda", lambda *ts: True)
     monkeypatch.setattr(int8_gelu_cuda, "gelu_fwd_cuda", lambda h: gelu_fwd_ref(h))
     monkeypatch.setattr(int8_gelu_cuda, "swiglu_fwd_cuda", lambda h: swiglu_fwd_ref(h))
-    monkeypatch.setattr(int8_norm, "_fwd_on_cuda", lambda x, w, b, qb, fb: fb[0] != "crest")
+    monkeypatch.setattr(int8_norm, "_fwd_on_cuda", lambda x, w, b, fb: fb[0] != "crest")
 
     def norm_fwd(x, w, b, qblock, eps, layernorm):
         if layernorm:
