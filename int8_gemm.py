@@ -12,7 +12,9 @@ kernel's default "magic-number" promotion at QB = 32 and 64 trades that for one 
 less per element, and lands within about one unit of each K-block's s_A * s_B of it: see
 int8_gemm_sm90.py). |P| <= 128 * 127^2 = 2.06M < 2^24, so the reference may even compute P in fp32 and stay
 exact. Epilogues:
-    out='float'    C in fp32 or bf16, or added into an existing fp32 tensor (`accumulate`)
+    out='float'    C in fp32 or bf16, or added into an existing fp32 tensor (`accumulate`), or
+                   added to an fp32 residual into a new tensor (`residual`: x + Y, the block's
+                   residual stream, with no separate add kernel)
     out='int8'     C re-quantized in QB x QB blocks, round to nearest: forward activations
     out='int8_sr'  C re-quantized with stochastic rounding: input gradients
 
@@ -71,14 +73,16 @@ def block_gemm_ref(a_q, a_s, b_q, b_s, qblock):
 
 
 def gemm_ref(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
-             accumulate=None):
+             accumulate=None, residual=None):
     """Reference block-scaled GEMM: C = A @ B^T for QTensors a (M, K) and b (N, K).
 
     out: 'float' (tensor of out_dtype) | 'int8' | 'int8_sr' (QTensor).
     shape: logical shape of C (default (M, N)), e.g. (B, T, N) for an activation.
     accumulate: an fp32 tensor with M*N elements; C is added into it, and it is returned.
+    residual: an fp32 tensor with M*N elements; returns residual + C, a new fp32 tensor of the
+              residual's shape (residual itself unchanged).
     """
-    check_gemm(a, b, out, out_dtype, accumulate)
+    check_gemm(a, b, out, out_dtype, accumulate, residual)
     acc = None
     for a_q, a_s in _planes(a):
         for b_q, b_s in _planes(b):
@@ -88,12 +92,14 @@ def gemm_ref(a, b, out="float", out_dtype=torch.float32, shape=None, generator=N
     c = acc[:a.rows, :b.rows].reshape(shape)                       # padding dropped
     if accumulate is not None:
         return accumulate.add_(c.reshape(accumulate.shape))
+    if residual is not None:
+        return residual + c.reshape(residual.shape)
     if out == "float":
         return c.to(out_dtype)
     return quantize(c, a.qblock, stochastic=(out == "int8_sr"), generator=generator)
 
 
-def check_gemm(a, b, out, out_dtype=torch.float32, accumulate=None):
+def check_gemm(a, b, out, out_dtype=torch.float32, accumulate=None, residual=None):
     if not isinstance(a, QTensor) or not isinstance(b, QTensor):
         raise TypeError("gemm operands must be QTensors (quantize them first)")
     if out not in GEMM_OUTS:
@@ -107,13 +113,18 @@ def check_gemm(a, b, out, out_dtype=torch.float32, accumulate=None):
         raise ValueError(f"operands on different devices: {a.device} and {b.device}")
     if out == "float" and not out_dtype.is_floating_point:
         raise ValueError(f"float output needs a floating-point out_dtype, got {out_dtype}")
-    if accumulate is not None:
-        if out != "float" or accumulate.dtype != torch.float32:
-            raise ValueError("accumulate needs out='float' and an fp32 tensor, got "
-                             f"out={out!r}, {accumulate.dtype}")
-        if accumulate.numel() != a.rows * b.rows or accumulate.device != a.device:
-            raise ValueError(f"accumulate must hold {a.rows}x{b.rows} elements on {a.device}, "
-                             f"got {tuple(accumulate.shape)} on {accumulate.device}")
+    if accumulate is not None and residual is not None:
+        raise ValueError("give accumulate (C added in place) or residual (C added into a new "
+                         "tensor), not both")
+    for name, t in (("accumulate", accumulate), ("residual", residual)):
+        if t is None:
+            continue
+        if out != "float" or t.dtype != torch.float32:
+            raise ValueError(f"{name} needs out='float' and an fp32 tensor, got "
+                             f"out={out!r}, {t.dtype}")
+        if t.numel() != a.rows * b.rows or t.device != a.device:
+            raise ValueError(f"{name} must hold {a.rows}x{b.rows} elements on {a.device}, "
+                             f"got {tuple(t.shape)} on {t.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +178,7 @@ def _auto_kernel(device_index):
 
 
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
-              accumulate=None, kernel="auto"):
+              accumulate=None, kernel="auto", residual=None):
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
     one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks,
     promoted exactly; gemm() picks the kernel for that: plane_kernel).
@@ -175,7 +186,7 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
     int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
     (ping-pong, exact)."""
-    check_gemm(a, b, out, out_dtype, accumulate)
+    check_gemm(a, b, out, out_dtype, accumulate, residual)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     _check_operand(a, "a")
@@ -209,20 +220,24 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     smem = _smem_bytes(QB)
     ab = (a.q, a.s, b.q, b.s)
     if out == "float":
+        add = accumulate if accumulate is not None else residual     # read by the epilogue
+        if add is not None and not add.is_contiguous():
+            raise ValueError(f"gemm_cuda: {'accumulate' if add is accumulate else 'residual'} "
+                             "must be contiguous")
         if accumulate is not None:
-            if not accumulate.is_contiguous():
-                raise ValueError("gemm_cuda: accumulate must be contiguous")
             c = accumulate
+        elif residual is not None:
+            c = _empty(residual.shape, torch.float32, device)
         elif out_dtype not in (torch.float32, torch.bfloat16):     # the kernel writes fp32/bf16
             return gemm_cuda(a, b, out, torch.float32, shape, kernel=kernel).to(out_dtype)
         else:
             c = _empty(shape, out_dtype, device)
         if kernel != "mma":
-            sm90.launch_float(a, b, c, M, N, accumulate is not None, **exact)
+            sm90.launch_float(a, b, c, M, N, add, **exact)
             return c
         launch(_kernel("gemm_float_kernel", QB, device.index), grid, block,
                ab + (c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np), np.int32(Kp),
-                     np.int32(c.dtype == torch.bfloat16), np.int32(accumulate is not None)),
+                     np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add),
                shared_mem=smem)
         return c
     q = _empty((Mp, Np), torch.int8, device)                   # padded like quantize()
@@ -256,7 +271,8 @@ def _seed(generator):
 # ---------------------------------------------------------------------------------------------
 # public API
 
-def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None, accumulate=None):
+def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None, accumulate=None,
+         residual=None):
     """C = A @ B^T on int8 blocks; see gemm_ref for the arguments. CUDA operands run on the
     tensor-core kernel (wgmma on sm_90, mma.sync elsewhere), the rest on the reference."""
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
@@ -264,11 +280,12 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
             kernel = plane_kernel(a, b, _auto_kernel(a.q.device.index))
             if kernel != "mma" and not (a.has_plane and b.has_plane):
                 # fused: the plane's flagged K-blocks run as extra K-blocks of one kernel
-                return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel)
+                return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel,
+                                 residual)
             return gemm_planes(a, b, out, out_dtype, shape, generator, accumulate,
-                               partial(gemm_cuda, kernel=kernel))
-        return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate)
-    return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate)
+                               partial(gemm_cuda, kernel=kernel), residual)
+        return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, residual=residual)
+    return gemm_ref(a, b, out, out_dtype, shape, generator, accumulate, residual)
 
 
 MAGIC_PLANE_MAX = 0.25      # the largest plane, as a fraction of its operand's blocks, whose
@@ -291,7 +308,7 @@ def plane_kernel(a, b, kernel):
     return kernel
 
 
-def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
+def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm, residual=None):
     """Operands with a fallback plane as a sum of plain GEMMs over plane pairs, each run by
     `plain_gemm` into one fp32 accumulator; the epilogue then acts on the sum.
 
@@ -299,15 +316,19 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm):
     expanded to a dense int8 tensor (zero outside flagged blocks) and costs a whole GEMM
     whatever the flagged fraction. The wgmma kernels fuse one operand's plane instead.
     """
-    check_gemm(a, b, out, out_dtype, accumulate)
-    acc = accumulate if accumulate is not None else torch.zeros(
-        a.rows * b.rows, dtype=torch.float32, device=a.q.device)
+    check_gemm(a, b, out, out_dtype, accumulate, residual)
+    if accumulate is not None:
+        acc = accumulate
+    elif residual is not None:
+        acc = residual.clone()                              # the planes add into a copy of it
+    else:
+        acc = torch.zeros(a.rows * b.rows, dtype=torch.float32, device=a.q.device)
     for a_q, a_s in _planes(a):
         for b_q, b_s in _planes(b):
             plain_gemm(QTensor(a_q, a_s, a.shape, a.qblock), QTensor(b_q, b_s, b.shape, b.qblock),
                        "float", accumulate=acc)
-    if accumulate is not None:
-        return accumulate
+    if accumulate is not None or residual is not None:
+        return acc
     shape = torch.Size(shape) if shape is not None else torch.Size((a.rows, b.rows))
     c = acc.view(shape)
     if out == "float":

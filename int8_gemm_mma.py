@@ -298,8 +298,9 @@ __device__ __forceinline__ unsigned short bf16_bits(float f) {     // round to n
     return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-// C[row, col..col+1] (M x N, row-major) = (v0, v1) in fp32 or bf16, or += into fp32.
-__device__ __forceinline__ void store_float_pair(void* out, int out_bf16, int accumulate,
+// C[row, col..col+1] (M x N, row-major) = (v0, v1) in fp32 or bf16, plus add's (M x N fp32)
+// pair where add is not null (add == out: += into fp32 C).
+__device__ __forceinline__ void store_float_pair(void* out, int out_bf16, const float* add,
                                                  int M, int N, int row, int col, float v0, float v1) {
     if (row >= M || col >= N) return;
     const long long i = (long long)row * N + col;
@@ -314,12 +315,12 @@ __device__ __forceinline__ void store_float_pair(void* out, int out_bf16, int ac
     float* o = (float*)out + i;
     if (vec) {
         float2 v = make_float2(v0, v1);
-        if (accumulate) { const float2 old = *(float2*)o; v.x += old.x; v.y += old.y; }
+        if (add) { const float2 old = *(const float2*)(add + i); v.x += old.x; v.y += old.y; }
         *(float2*)o = v;
         return;
     }
-    o[0] = accumulate ? o[0] + v0 : v0;
-    if (two) o[1] = accumulate ? o[1] + v1 : v1;
+    o[0] = add ? add[i] + v0 : v0;
+    if (two) o[1] = add ? add[i + 1] + v1 : v1;
 }
 
 __device__ __forceinline__ unsigned hash32(unsigned x) {    // lowbias32 (C. Wellons)
@@ -369,7 +370,7 @@ __device__ __forceinline__ void store_int8_pair(signed char* q, int Mp, int Np, 
 
 GEMM_EPILOGUE_SRC = r"""
 __device__ __forceinline__ void epilogue_float(const float (&acc)[MI][NI][4], int m0, int n0,
-                                               int M, int N, void* out, int out_bf16, int accumulate) {
+                                               int M, int N, void* out, int out_bf16, const float* add) {
     const int warp_id = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int row0 = m0 + (warp_id / WARPS_N) * WM + lane / 4;
     const int col0 = n0 + (warp_id % WARPS_N) * WN + 2 * (lane % 4);
@@ -378,8 +379,8 @@ __device__ __forceinline__ void epilogue_float(const float (&acc)[MI][NI][4], in
         #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
             const int row = row0 + 16 * mi, col = col0 + 8 * ni;
-            store_float_pair(out, out_bf16, accumulate, M, N, row, col, acc[mi][ni][0], acc[mi][ni][1]);
-            store_float_pair(out, out_bf16, accumulate, M, N, row + 8, col, acc[mi][ni][2], acc[mi][ni][3]);
+            store_float_pair(out, out_bf16, add, M, N, row, col, acc[mi][ni][0], acc[mi][ni][1]);
+            store_float_pair(out, out_bf16, add, M, N, row + 8, col, acc[mi][ni][2], acc[mi][ni][3]);
         }
 }
 
@@ -447,13 +448,13 @@ __device__ __forceinline__ void epilogue_int8(const float (&acc)[MI][NI][4], int
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                   const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
-                  int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate) {
+                  int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add) {
     extern __shared__ __align__(128) unsigned char smem[];
     int m0, n0;
     tile_origin(blockIdx.x, Mp, Np, m0, n0);
     float acc[MI][NI][4];
     gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0);
-    epilogue_float(acc, m0, n0, M, N, out, out_bf16, accumulate);
+    epilogue_float(acc, m0, n0, M, N, out, out_bf16, add);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)

@@ -342,10 +342,11 @@ __device__ __forceinline__ void stage_int8_rows(const float (&acc)[NACC], const 
     }
 }
 
-// out += acc (fp32) for the thread's pairs: every old value loaded before the first store. Pair
-// by pair (load, add, store), the compiler may not move a load above the store before it (out
-// might alias), so each of the 32 loads waited on DRAM in turn: +0.2 ms a width-4096 wgrad.
-__device__ __forceinline__ void add_old(float (&acc)[NACC], const float* out, int M, int N,
+// acc += add (M x N fp32: the output itself to accumulate, or a residual) for the thread's
+// pairs: every value loaded before the first store. Pair by pair (load, add, store), the compiler
+// may not move a load above the store before it (add might alias out), so each of the 32 loads
+// waited on DRAM in turn: +0.2 ms a width-4096 wgrad.
+__device__ __forceinline__ void add_old(float (&acc)[NACC], const float* add, int M, int N,
                                         int row, int col0) {
     float old[NACC];                                   // (the dead wgmma registers' room)
     #pragma unroll
@@ -354,19 +355,20 @@ __device__ __forceinline__ void add_old(float (&acc)[NACC], const float* out, in
         const long long at = (long long)r * N + c;
         const bool in = r < M && c < N, two = in && c + 1 < N;
         if (two && N % 2 == 0) {
-            const float2 v = *(const float2*)(out + at);
+            const float2 v = *(const float2*)(add + at);
             old[i] = v.x;
             old[i + 1] = v.y;
         } else {
-            old[i] = in ? out[at] : 0.0f;
-            old[i + 1] = two ? out[at + 1] : 0.0f;
+            old[i] = in ? add[at] : 0.0f;
+            old[i + 1] = two ? add[at + 1] : 0.0f;
         }
     }
     #pragma unroll
     for (int i = 0; i < NACC; ++i) acc[i] += old[i];
 }
 
-// Consumer thread ct's share of the tile at (m0, n0): out = acc (fp32 / bf16 / += fp32), or the
+// Consumer thread ct's share of the tile at (m0, n0): out = acc (fp32 / bf16), + add (fp32) where
+// add is not null (add == out: out += acc), or the
 // int8 blocks of acc with their scales (through the C tile in shared memory and a TMA store by
 // thread 0, with q_map). bmax: this tile's RBS x CBS block absmax words (zero),
 // bmax_next the next tile's, zeroed here: the CTA's tiles take turns over three sets of them, so
@@ -374,13 +376,13 @@ __device__ __forceinline__ void add_old(float (&acc)[NACC], const float* out, in
 // previous tile's consumer_sync, and is next written after this one's.
 template <int OUT_INT8>
 __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, int m0, int n0,
-        int Mp, int Np, int M, int N, void* out, int out_bf16, int accumulate, float* q_s,
+        int Mp, int Np, int M, int N, void* out, int out_bf16, const float* add, float* q_s,
         int stochastic, unsigned seed, int* bmax, int* bmax_next, unsigned base,
         const TensorMap* q_map) {
     const int wg = ct / 128, warp = ct / 32 % 4, lane = ct % 32;
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     if (!OUT_INT8) {
-        if (accumulate) add_old(acc, (const float*)out, M, N, row, col0);
+        if (add) add_old(acc, add, M, N, row, col0);
         #pragma unroll
         for (int i = 0; i < NACC; i += 4) {
             store_float_pair(out, out_bf16, 0, M, N, row, col0 + 2 * i, acc[i], acc[i + 1]);
@@ -431,7 +433,7 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
         const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int M,
-        int N, void* out, int out_bf16, int accumulate, float* q_s, int stochastic, unsigned seed,
+        int N, void* out, int out_bf16, const float* add, float* q_s, int stochastic, unsigned seed,
         const Plane& pl, const TensorMap* po_map, const TensorMap* pq_map) {
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
@@ -470,7 +472,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
         else if (np) st = consume_plane<KBS>(acc, cs, st, np, 0);
         st = consume(acc, cs, st, KT0);
         np = plane_stages_of(pl, tile + gridDim.x, Mp, Np);
-        store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, accumulate, q_s,
+        store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, add, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
                              base, q_map);
     }
@@ -482,12 +484,12 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
                        const float* __restrict__ As, const float* __restrict__ Bs, void* out,
-                       int M, int N, int Mp, int Np, int Kp, int out_bf16, int accumulate,
+                       int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add,
                        const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                        int p_on_b, const __grid_constant__ TensorMap p_omap,
                        const __grid_constant__ TensorMap p_qmap) {
-    gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, accumulate, nullptr, 0, 0u,
+    gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, add, nullptr, 0, 0u,
                  Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
 }
 
@@ -572,24 +574,26 @@ def _launch(name, a, b, args, exact, source, persistent, out_map=()):
            shared_mem=_smem_bytes(a.qblock))
 
 
-def float_args(a, b, c, M, N, accumulate):
-    """The float kernel's own arguments (args of _arguments)."""
+def float_args(a, b, c, M, N, add=None):
+    """The float kernel's own arguments (args of _arguments); add: None or an fp32 tensor of
+    M * N elements added to C (c itself to accumulate)."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     return (a.s, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
-            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.int32(accumulate))
+            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add)
 
 
-def float_kernel_args(a, b, c, M, N, accumulate=False):
-    """The float kernel's whole argument list for C = A @ B^T (for notes/ scripts that launch
-    their own builds of the kernel)."""
-    return _arguments(a, b, float_args(a, b, c, M, N, accumulate))
+def float_kernel_args(a, b, c, M, N, add=None):
+    """The float kernel's whole argument list for C = A @ B^T (+ add) (for notes/ scripts that
+    launch their own builds of the kernel)."""
+    return _arguments(a, b, float_args(a, b, c, M, N, add))
 
 
-def launch_float(a, b, c, M, N, accumulate, exact=False, source=None, persistent=True):
-    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda.
+def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True):
+    """C (M x N fp32 / bf16) = A @ B^T (+ add, fp32: c itself to accumulate, or a residual);
+    operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source);
     persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing)."""
-    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, accumulate), exact, source,
+    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add), exact, source,
             persistent)
 
 

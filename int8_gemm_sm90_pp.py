@@ -76,9 +76,9 @@ SM90_PP_SRC = (SM90_PTX_SRC + _wgmma_wrapper(TILE) + GEMM_STORE_SRC
                + sm90.SM90_MAINLOOP_SRC + PP_CONSUME_SRC + sm90.SM90_EPILOGUE_SRC)
 
 
-def launch_float(a, b, c, M, N, accumulate):
-    """C (M x N fp32 / bf16, or += fp32) = A @ B^T; operands already checked by gemm_cuda."""
-    sm90.launch_float(a, b, c, M, N, accumulate, source=SM90_PP_SRC)
+def launch_float(a, b, c, M, N, add=None):
+    """C (M x N fp32 / bf16) = A @ B^T (+ add); operands already checked by gemm_cuda."""
+    sm90.launch_float(a, b, c, M, N, add, source=SM90_PP_SRC)
 
 
 def launch_int8(a, b, q, s, stochastic, seed):

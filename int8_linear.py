@@ -23,20 +23,29 @@ from quantize import check_float, load_q, quantize, save_q
 # ---------------------------------------------------------------------------------------------
 # the linear layer
 
-def linear_fwd(x_q, w_q, out="float", out_dtype=torch.float32):
-    """Y = X @ W^T. x_q logical (..., K), w_q (N, K) -> Y of logical shape (..., N)."""
-    return gemm(x_q, w_q, out=out, out_dtype=out_dtype, shape=(*x_q.shape[:-1], w_q.rows))
+def linear_fwd(x_q, w_q, out="float", out_dtype=torch.float32, residual=None):
+    """Y = X @ W^T. x_q logical (..., K), w_q (N, K) -> Y of logical shape (..., N); with
+    `residual` (fp32, Y's shape) residual + Y, added by the GEMM's epilogue."""
+    return gemm(x_q, w_q, out=out, out_dtype=out_dtype, shape=(*x_q.shape[:-1], w_q.rows),
+                residual=residual)
 
 
 def linear_dgrad(dy_q, w_q, out="float", out_dtype=torch.float32):
     """dX = dY @ W. dy_q logical (..., N), w_q (N, K) -> dX of logical shape (..., K)."""
-    return gemm(dy_q, w_q.t(), out=out, out_dtype=out_dtype, shape=(*dy_q.shape[:-1], w_q.cols))
+    return linear_dgrad_t(dy_q, w_q.t(), out, out_dtype)
 
 
-def linear_wgrad(dy_q, x_q, accumulate=None):
+def linear_dgrad_t(dy_q, wt_q, out="float", out_dtype=torch.float32):
+    """linear_dgrad given W^T (K, N) itself: what quantize(w, transposed=True) writes, with no
+    transpose kernel between."""
+    return gemm(dy_q, wt_q, out=out, out_dtype=out_dtype, shape=(*dy_q.shape[:-1], wt_q.rows))
+
+
+def linear_wgrad(dy_q, x_q, accumulate=None, dyt_q=None):
     """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K), or added into
-    `accumulate` (an fp32 tensor of N*K elements, returned)."""
-    return gemm(dy_q.t(), x_q.t(), out="float", accumulate=accumulate)
+    `accumulate` (an fp32 tensor of N*K elements, returned). dyt_q: dY^T, if the caller has it
+    (quantize(dy, with_t=True) writes both layouts in one pass), else dy_q is transposed here."""
+    return gemm(dy_q.t() if dyt_q is None else dyt_q, x_q.t(), out="float", accumulate=accumulate)
 
 
 class Int8LinearFunction(torch.autograd.Function):
@@ -85,5 +94,5 @@ class Int8Linear(nn.Linear):
         return super().extra_repr() + f", qblock={self.qblock}"
 
 
-__all__ = ["gemm", "gemm_ref", "block_gemm_ref", "linear_fwd", "linear_dgrad", "linear_wgrad",
-           "Int8Linear", "Int8LinearFunction"]
+__all__ = ["gemm", "gemm_ref", "block_gemm_ref", "linear_fwd", "linear_dgrad", "linear_dgrad_t",
+           "linear_wgrad", "Int8Linear", "Int8LinearFunction"]

@@ -26,7 +26,9 @@ Layouts (QB = qblock, the 2-D view padded to multiples of QB inside the QTensors
     xhat_q  (rows, C) int8   + xhat_s (rows/QB, C/QB) fp32   -> saved for backward
     rstd    (rows,)               fp32                       -> saved for backward
     dy      (rows, C) int8 QTensor (the int8 gradient from the GEMM's dgrad) or a float tensor
-    dx      (rows, C)             fp32, added to the fp32 residual gradient
+    dx      (rows, C)             fp32, added to the fp32 residual gradient: `dres`, if given,
+                                  is added by the backward kernel itself (dx + dres), the add
+                                  of the residual branch's gradient without a pass of its own
 
 What is saved for backward, and why: the backward needs xhat and rstd only (mu is inside xhat).
 We save xhat as int8 blocks (1 byte per element instead of the 4 of the fp32 residual, which is
@@ -89,6 +91,20 @@ def _check_bwd(dy, xhat_q, rstd, weight):
     if shape != xhat_q.shape:
         raise ValueError(f"dy has shape {tuple(shape)} but the forward input had "
                          f"{tuple(xhat_q.shape)}")
+
+
+def _check_dres(dres, xhat_q):
+    if dres is None:
+        return
+    check_float(dres, "dres")
+    if dres.shape != xhat_q.shape or dres.device != xhat_q.device:
+        raise ValueError(f"dres must have the forward input's shape {tuple(xhat_q.shape)} on "
+                         f"{xhat_q.device}, got {tuple(dres.shape)} on {dres.device}")
+
+
+def _with_dres(dx, dres):
+    """The reference's dx + dres (fp32), as the kernel adds it."""
+    return dx if dres is None else dx.add_(dres.float())
 
 
 def _as_float(dy):
@@ -216,10 +232,12 @@ def _bwd_on_cuda(dy, xhat_q, rstd, weight):
             and rstd.shape == (xhat_q.rows,) and on_cuda(dy.q, xhat_q.q, rstd, weight))
 
 
-def _norm_bwd(dy, xhat_q, rstd, weight, layernorm):
+def _norm_bwd(dy, xhat_q, rstd, weight, layernorm, dres):
     from int8_norm_bwd_cuda import norm_bwd_cuda
+    if dres is not None:
+        dres = dres.float().contiguous()
     return norm_bwd_cuda(dy, xhat_q, rstd.float().contiguous(), weight.float().contiguous(),
-                         layernorm)
+                         layernorm, dres)
 
 
 def layernorm_fwd(x, weight, bias, qblock=32, eps=1e-5, fallback=None):
@@ -229,11 +247,14 @@ def layernorm_fwd(x, weight, bias, qblock=32, eps=1e-5, fallback=None):
     return layernorm_fwd_ref(x, weight, bias, qblock, eps, fallback)
 
 
-def layernorm_bwd(dy, xhat_q, rstd, weight, has_bias=True):
+def layernorm_bwd(dy, xhat_q, rstd, weight, has_bias=True, dres=None):
+    """dres: a gradient of x's shape to add to dx (the residual branch's), or None."""
+    _check_dres(dres, xhat_q)
     if _bwd_on_cuda(dy, xhat_q, rstd, weight):
-        dx, dweight, dbias = _norm_bwd(dy, xhat_q, rstd, weight, layernorm=True)
+        dx, dweight, dbias = _norm_bwd(dy, xhat_q, rstd, weight, True, dres)
         return dx, dweight, dbias if has_bias else None
-    return layernorm_bwd_ref(dy, xhat_q, rstd, weight, has_bias)
+    dx, dweight, dbias = layernorm_bwd_ref(dy, xhat_q, rstd, weight, has_bias)
+    return _with_dres(dx, dres), dweight, dbias
 
 
 def rmsnorm_fwd(x, weight, qblock=32, eps=1e-6, fallback=None):
@@ -242,10 +263,13 @@ def rmsnorm_fwd(x, weight, qblock=32, eps=1e-6, fallback=None):
     return rmsnorm_fwd_ref(x, weight, qblock, eps, fallback)
 
 
-def rmsnorm_bwd(dy, xhat_q, rstd, weight):
+def rmsnorm_bwd(dy, xhat_q, rstd, weight, dres=None):
+    """dres: a gradient of x's shape to add to dx (the residual branch's), or None."""
+    _check_dres(dres, xhat_q)
     if _bwd_on_cuda(dy, xhat_q, rstd, weight):
-        return _norm_bwd(dy, xhat_q, rstd, weight, layernorm=False)[:2]
-    return rmsnorm_bwd_ref(dy, xhat_q, rstd, weight)
+        return _norm_bwd(dy, xhat_q, rstd, weight, False, dres)[:2]
+    dx, dweight = rmsnorm_bwd_ref(dy, xhat_q, rstd, weight)
+    return _with_dres(dx, dres), dweight
 
 
 # ---------------------------------------------------------------------------------------------

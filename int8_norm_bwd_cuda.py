@@ -3,12 +3,14 @@ CUDA kernels (CuPy RawKernels) for the backward of LayerNorm / RMSNorm with int8
 contract is int8_norm.py (formulas and layouts there), the forward is int8_norm_cuda.py (its
 cp.async wrappers, ASYNC_SRC, and its shared-memory opt-in, set_smem, serve here too).
 
-Backward: dy_q, xhat_q (int8 blocks), rstd, w -> dx (rows, C) fp32, dw, db. Only row sums are
-needed (sum g, sum g*xhat), so a CTA spreads one row over its threads (16 columns each) and
-takes RB = 4 rows at a time; each thread cp.asyncs its bytes of the next batch into shared
-memory while it works on this one. dx leaves through a per-warp stage so that each store
-instruction writes 512 contiguous bytes (a thread storing its own 64 bytes ran at 1.6 TB/s,
-coalesced at 2.9). dw = sum_rows dy*xhat and db = sum_rows dy stay in registers (a thread owns
+Backward: dy_q, xhat_q (int8 blocks), rstd, w (, dres) -> dx (rows, C) fp32 (+ dres), dw, db.
+Only row sums are needed (sum g, sum g*xhat), so a CTA spreads one row over its threads (16
+columns each) and takes RB = 4 rows at a time; each thread cp.asyncs its bytes of the next batch
+into shared memory while it works on this one. dx leaves through a per-warp stage so that each
+store instruction writes 512 contiguous bytes (a thread storing its own 64 bytes ran at 1.6 TB/s,
+coalesced at 2.9); the residual's gradient dres, where given, is read in the same coalesced
+pieces and added on the way out (the block's dx + dout without a torch add: one read of dres
+instead of two reads and a write). dw = sum_rows dy*xhat and db = sum_rows dy stay in registers (a thread owns
 the same columns throughout); each CTA writes one partial row and colsum_kernel adds the ~500
 partials in a fixed order (deterministic, unlike float atomics; 4 us where torch's took 15).
 """
@@ -69,7 +71,7 @@ extern "C" __global__ void __launch_bounds__(512)
 norm_bwd_kernel(const i8* __restrict__ dyq, const float* __restrict__ dys,
                 const i8* __restrict__ xq, const float* __restrict__ xs,
                 const float* __restrict__ rstd, const float* __restrict__ w,
-                int rows, int C, int Cp, int rows_per_cta,
+                int rows, int C, int Cp, int rows_per_cta, const float* __restrict__ dres,
                 float* __restrict__ dx, float* __restrict__ dw_part, float* __restrict__ db_part) {
     __shared__ float red[2][32][2 * RB];           // double buffered: one barrier per batch
     // dynamic shared memory: [warp][128] float4, a warp's row of dx on its way out, then
@@ -162,19 +164,25 @@ norm_bwd_kernel(const i8* __restrict__ dyq, const float* __restrict__ dys,
                 for (int m = 0; m < 4; ++m)
                     stage[4 * lane + (m ^ (lane & 3))] = make_float4(o[4 * m], o[4 * m + 1], o[4 * m + 2], o[4 * m + 3]);
                 __syncwarp();
-                float* out = dx + (long long)r * C + (c - lane * 16);      // the warp's first column
+                const long long first = (long long)r * C + (c - lane * 16);  // the warp's first column
 #pragma unroll
                 for (int m = 0; m < 4; ++m) {
                     const int q = m * 32 + lane, owner = q >> 2;           // float4 q of the warp
-                    if (c - lane * 16 + 4 * q < C)
-                        __stcs((float4*)out + q, stage[4 * owner + ((q & 3) ^ (owner & 3))]);
+                    if (c - lane * 16 + 4 * q < C) {
+                        float4 v = stage[4 * owner + ((q & 3) ^ (owner & 3))];
+                        if (dres) {                                        // + the residual's gradient
+                            const float4 d = __ldcs((const float4*)(dres + first) + q);
+                            v.x += d.x; v.y += d.y; v.z += d.z; v.w += d.w;
+                        }
+                        __stcs((float4*)(dx + first) + q, v);
+                    }
                 }
                 __syncwarp();                           // stage is free for the next row
 #else
-                float* out = dx + (long long)r * C + c;
+                const long long at = (long long)r * C + c;
 #pragma unroll
                 for (int k = 0; k < 16; ++k)
-                    if (c + k < C) out[k] = o[k];
+                    if (c + k < C) dx[at + k] = dres ? o[k] + dres[at + k] : o[k];
 #endif
             }
         }
@@ -222,8 +230,9 @@ colsum_kernel(const float* __restrict__ part, int P, int C, int Cp, float* __res
 """
 
 
-def norm_bwd_cuda(dy_q, xhat_q, rstd, weight, layernorm):
-    """dy_q, xhat_q QTensors (CUDA) -> (dx fp32 of x's shape, dweight (C,), dbias or None)."""
+def norm_bwd_cuda(dy_q, xhat_q, rstd, weight, layernorm, dres=None):
+    """dy_q, xhat_q QTensors (CUDA) -> (dx fp32 of x's shape, dweight (C,), dbias or None);
+    dres (fp32, contiguous, x's shape) is added to dx, if given."""
     check_qtensor(dy_q, "dy")
     check_qtensor(xhat_q, "xhat_q")
     assert not dy_q.has_fallback, "the CUDA path takes a plain int8 dy (no fallback plane)"
@@ -231,6 +240,10 @@ def norm_bwd_cuda(dy_q, xhat_q, rstd, weight, layernorm):
         f"dy (padded {tuple(dy_q.q.shape)}) must match xhat_q (padded {tuple(xhat_q.q.shape)})"
     check_cuda(rstd, "rstd", (torch.float32,))
     check_cuda(weight, "weight", (torch.float32,))
+    if dres is not None:
+        check_cuda(dres, "dres", (torch.float32,))
+        assert dres.shape == xhat_q.shape, \
+            f"dres must have shape {tuple(xhat_q.shape)}, got {tuple(dres.shape)}"
     dev, QB = dy_q.device, xhat_q.qblock
     rows, C = xhat_q.rows, xhat_q.cols
     Cp = xhat_q.q.shape[1]
@@ -253,7 +266,8 @@ def norm_bwd_cuda(dy_q, xhat_q, rstd, weight, layernorm):
     set_smem(kernel, smem)
     launch(kernel, (n_cta,), (nt,),
            (dy_q.q, dy_q.s, xhat_q.q, xhat_q.s, rstd, weight, np.int32(rows), np.int32(C),
-            np.int32(Cp), np.int32(rows_per_cta), dx, part[0], part[-1]), shared_mem=smem)
+            np.int32(Cp), np.int32(rows_per_cta), np.uint64(0) if dres is None else dres, dx,
+            part[0], part[-1]), shared_mem=smem)
     sums = torch.empty(nz, C, device=dev)
     colsum = get_kernel(COLSUM_SRC, "colsum_kernel", (), dev)
     launch(colsum, (-(-C // 32), nz), (256,),

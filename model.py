@@ -14,10 +14,15 @@ code; between them (and around attention) tensors are float:
       x --NormMLPResidual--> x
 
 Inside a Function the ops hand each other (int8, scale) QTensors and save int8 for backward:
-    NormLinear       norm (int8 out) -> c_attn GEMM (float out, for attention)
+    NormLinear       norm (int8 out) -> c_attn GEMM (float out, for attention); x passes
+                     through to LinearResidual
     LinearResidual   quantize y -> c_proj GEMM (float out) + residual
     NormMLPResidual  norm -> c_fc GEMM (int8 out) -> GELU/SwiGLU (int8 in/out) -> c_proj GEMM
                      (float out) + residual
+The residual adds take no kernel of their own: the c_proj GEMMs' epilogue adds x (gemm's
+`residual`), and the norm backward kernels add the residual's gradient to dx (`dres`). For the
+attention half, NormLinear returns x itself (a view) as a second output, so that autograd hands
+its backward the gradient LinearResidual passes to x, instead of adding the two in a kernel.
 Attention (QK^T, softmax, PV) stays in bf16 through scaled_dot_product_attention; embeddings,
 the final norm, the LM head and the loss stay in bf16/fp32; the residual stream is fp32.
 The same parameters serve every mode, so a bf16 checkpoint loads into an int8 model.
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 
 from fallback import DEFAULT_RULE, DEFAULT_THRESHOLD, FallbackConfig
 from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd
-from int8_linear import linear_dgrad, linear_fwd, linear_wgrad
+from int8_linear import linear_dgrad_t, linear_fwd, linear_wgrad
 from int8_norm import layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd
 from quantize import check_qblock, load_q, quantize, save_q
 
@@ -82,8 +87,9 @@ class Int8Spec:
             config.qblock, config.norm, config.mlp, fb, name)
         self.fuse_wgrad = False                  # GPT.fuse_weight_grads / Block's, see wgrad
 
-    def wgrad(self, dy_q, x_q, w):
-        """dW = dY^T X in fp32, the gradient of weight w. With fuse_wgrad, where w.grad exists
+    def wgrad(self, dy_q, x_q, w, dy_qt=None):
+        """dW = dY^T X in fp32, the gradient of weight w (dy_qt: dY^T, if quantize_grad wrote
+        it; else dy_q is transposed). With fuse_wgrad, where w.grad exists
         (fp32, contiguous: a later micro-step, zero_grad(set_to_none=False), a graphed step),
         the GEMM's epilogue adds dW into w.grad itself and this returns None, so autograd leaves
         w.grad alone: one read and one write of w.grad, where autograd's accumulation costs
@@ -92,9 +98,9 @@ class Int8Spec:
         g = w.grad
         if (self.fuse_wgrad and g is not None and g.dtype == torch.float32
                 and g.is_contiguous() and g.shape == w.shape):
-            linear_wgrad(dy_q, x_q, accumulate=g)
+            linear_wgrad(dy_q, x_q, accumulate=g, dyt_q=dy_qt)
             return None
-        return linear_wgrad(dy_q, x_q)
+        return linear_wgrad(dy_q, x_q, dyt_q=dy_qt)
 
     def norm_fwd(self, x, w, b, what):
         """Norm with int8 output; `what` names the GEMM that output feeds (for the log)."""
@@ -106,10 +112,11 @@ class Int8Spec:
         self.fb.record(name, out[0])
         return out
 
-    def norm_bwd(self, dy_q, xhat_q, rstd, w, has_bias):
+    def norm_bwd(self, dy_q, xhat_q, rstd, w, has_bias, dres):
+        """dx (+ dres, the residual's gradient, added by the kernel), dw, db."""
         if self.norm == "layernorm":
-            return layernorm_bwd(dy_q, xhat_q, rstd, w, has_bias)
-        return (*rmsnorm_bwd(dy_q, xhat_q, rstd, w), None)
+            return layernorm_bwd(dy_q, xhat_q, rstd, w, has_bias, dres)
+        return (*rmsnorm_bwd(dy_q, xhat_q, rstd, w, dres), None)
 
     def act_fwd(self, h_q):
         act = gelu_fwd if self.mlp == "gelu" else swiglu_fwd
@@ -122,22 +129,27 @@ class Int8Spec:
         return (gelu_bwd if self.mlp == "gelu" else swiglu_bwd)(dg_q, h_q)
 
     def quantize_grad(self, dy, what):
-        """Output gradients: stochastic rounding; a second plane only if fallback_grad."""
+        """Output gradients: stochastic rounding, as (dY, dY^T), the dgrad and the wgrad GEMM's
+        operands, written by one kernel; a second plane only if fallback_grad."""
         if self.fb.grad:
-            return self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True)
-        return quantize(dy, self.qblock, stochastic=True)
+            t = self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True)
+            return t, t.t()
+        return quantize(dy, self.qblock, stochastic=True, with_t=True)
 
 
-def requantize(w, spec):
-    """The int8 weight again in backward, rather than saved from the forward: round to nearest is
-    deterministic and w has not changed since, so it is the same bytes, and the block holds
-    1 byte per parameter less for backward (GPT-2 block, width 2048: 48 of 386 MiB) for one
-    more pass over the fp32 weights."""
-    return quantize(w, spec.qblock)
+def requantize_t(w, spec):
+    """The int8 W^T again in backward, rather than saved from the forward: round to nearest is
+    deterministic and w has not changed since, so it is the same bytes (transposed: what the
+    dgrad GEMM reads, written so by the quantize kernel), and the block holds 1 byte per
+    parameter less for backward (GPT-2 block, width 2048: 48 of 386 MiB) for one more pass over
+    the fp32 weights."""
+    return quantize(w, spec.qblock, transposed=True)
 
 
 class NormLinear(torch.autograd.Function):
-    """qkv = norm(x) @ W^T: x (B, T, C) fp32 -> qkv (B, T, 3C) in the attention dtype."""
+    """qkv = norm(x) @ W^T: x (B, T, C) fp32 -> qkv (B, T, 3C) in the attention dtype, and x
+    again (a view of it) for LinearResidual's residual: its gradient then comes back here, to
+    be added by the norm's backward kernel."""
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w, spec, out_dtype):
@@ -145,22 +157,24 @@ class NormLinear(torch.autograd.Function):
         w_q = quantize(w, spec.qblock)                                   # (3C, C) int8
         # --- GEMM: qkv = A @ W^T ---
         qkv = linear_fwd(a_q, w_q, out="float", out_dtype=out_dtype)     # (B, T, 3C)
-        save_q(ctx, a_q, xhat_q, rstd, ln_w, w)        # w, not w_q: see requantize
+        save_q(ctx, a_q, xhat_q, rstd, ln_w, w)        # w, not w_q: see requantize_t
         ctx.spec, ctx.has_bias = spec, ln_b is not None
-        return qkv
+        ctx.set_materialize_grads(False)               # (an unused x gives None, not zeros)
+        return qkv, x
 
     @staticmethod
-    def backward(ctx, dqkv):
+    def backward(ctx, dqkv, dres):
         a_q, xhat_q, rstd, ln_w, w = load_q(ctx)
         spec = ctx.spec
-        w_q = requantize(w, spec)                                        # (3C, C) int8
-        dqkv_q = spec.quantize_grad(dqkv, "attn.c_attn")                 # (B, T, 3C) int8
+        w_qt = requantize_t(w, spec)                                     # (C, 3C) int8: W^T
+        dqkv_q, dqkv_qt = spec.quantize_grad(dqkv, "attn.c_attn")        # (B, T, 3C) int8, ^T
         # --- GEMM: dA = dqkv @ W ---
-        da_q = linear_dgrad(dqkv_q, w_q, out="int8_sr")                  # (B, T, C) int8
+        da_q = linear_dgrad_t(dqkv_q, w_qt, out="int8_sr")               # (B, T, C) int8
         # --- GEMM: dW = dqkv^T @ A ---
-        dw = spec.wgrad(dqkv_q, a_q, w)                                  # (3C, C) fp32
-        del dqkv_q            # (each transient is dropped once used: the backward's peak)
-        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
+        dw = spec.wgrad(dqkv_q, a_q, w, dqkv_qt)                         # (3C, C) fp32
+        del dqkv_q, dqkv_qt   # (each transient is dropped once used: the backward's peak)
+        # dx + the gradient LinearResidual passed to x, in one kernel
+        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias, dres)
         return dx, dln_w, dln_b, dw, None, None
 
 
@@ -171,8 +185,8 @@ class LinearResidual(torch.autograd.Function):
     def forward(ctx, y, w, x, spec):
         y_q = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj")  # (B, T, C) int8
         w_q = quantize(w, spec.qblock)                                   # (C, C) int8
-        # --- GEMM: out = x + Y @ W^T ---
-        out = x + linear_fwd(y_q, w_q)                                   # (B, T, C) fp32
+        # --- GEMM: out = x + Y @ W^T (x added by the epilogue) ---
+        out = linear_fwd(y_q, w_q, residual=x)                           # (B, T, C) fp32
         save_q(ctx, y_q, w)
         ctx.spec, ctx.y_dtype = spec, y.dtype
         return out
@@ -180,13 +194,13 @@ class LinearResidual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         y_q, w = load_q(ctx)
-        w_q = requantize(w, ctx.spec)                                    # (C, C) int8
-        dout_q = ctx.spec.quantize_grad(dout, "attn.c_proj")             # (B, T, C) int8
+        w_qt = requantize_t(w, ctx.spec)                                 # (C, C) int8: W^T
+        dout_q, dout_qt = ctx.spec.quantize_grad(dout, "attn.c_proj")    # (B, T, C) int8, ^T
         # --- GEMM: dY = dout @ W (float: attention's backward takes floats) ---
-        dy = linear_dgrad(dout_q, w_q, out="float", out_dtype=ctx.y_dtype)  # (B, T, C)
+        dy = linear_dgrad_t(dout_q, w_qt, out="float", out_dtype=ctx.y_dtype)  # (B, T, C)
         # --- GEMM: dW = dout^T @ Y ---
-        dw = ctx.spec.wgrad(dout_q, y_q, w)                              # (C, C) fp32
-        return dy, dw, dout, None
+        dw = ctx.spec.wgrad(dout_q, y_q, w, dout_qt)                     # (C, C) fp32
+        return dy, dw, dout, None                # dout: x's, added in NormLinear's backward
 
 
 class NormMLPResidual(torch.autograd.Function):
@@ -200,8 +214,8 @@ class NormMLPResidual(torch.autograd.Function):
         # --- GEMM: H = A @ W_fc^T (int8 out) ---
         h_q = linear_fwd(a_q, fc_q, out="int8")                          # (B, T, H or 2H)
         g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
-        # --- GEMM: out = x + G @ W_proj^T ---
-        out = x + linear_fwd(g_q, proj_q)                                # (B, T, C) fp32
+        # --- GEMM: out = x + G @ W_proj^T (x added by the epilogue) ---
+        out = linear_fwd(g_q, proj_q, residual=x)                        # (B, T, C) fp32
         save_q(ctx, a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj)
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return out
@@ -210,22 +224,23 @@ class NormMLPResidual(torch.autograd.Function):
     def backward(ctx, dout):
         a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj = load_q(ctx)
         spec = ctx.spec
-        fc_q, proj_q = requantize(w_fc, spec), requantize(w_proj, spec)
-        dout_q = spec.quantize_grad(dout, "mlp.c_proj")                  # (B, T, C) int8
+        fc_qt, proj_qt = requantize_t(w_fc, spec), requantize_t(w_proj, spec)   # W^T, int8
+        dout_q, dout_qt = spec.quantize_grad(dout, "mlp.c_proj")         # (B, T, C) int8, ^T
         # --- GEMM: dG = dout @ W_proj ---
-        dg_q = linear_dgrad(dout_q, proj_q, out="int8_sr")               # (B, T, H) int8
+        dg_q = linear_dgrad_t(dout_q, proj_qt, out="int8_sr")            # (B, T, H) int8
         # --- GEMM: dW_proj = dout^T @ G ---
-        dw_proj = spec.wgrad(dout_q, g_q, w_proj)                        # (C, H) fp32
-        del dout_q            # (each transient is dropped once used: the backward's peak)
+        dw_proj = spec.wgrad(dout_q, g_q, w_proj, dout_qt)               # (C, H) fp32
+        del dout_q, dout_qt   # (each transient is dropped once used: the backward's peak)
         dh_q = spec.act_bwd(dg_q, h_q)                                   # (B, T, H or 2H)
         del dg_q
         # --- GEMM: dA = dH @ W_fc ---
-        da_q = linear_dgrad(dh_q, fc_q, out="int8_sr")                   # (B, T, C) int8
+        da_q = linear_dgrad_t(dh_q, fc_qt, out="int8_sr")                # (B, T, C) int8
         # --- GEMM: dW_fc = dH^T @ A ---
         dw_fc = spec.wgrad(dh_q, a_q, w_fc)                              # (H or 2H, C) fp32
         del dh_q
-        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias)
-        return dx.add_(dout), dln_w, dln_b, dw_fc, dw_proj, None        # the residual's path
+        # dx + dout (the residual's path), in one kernel
+        dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias, dout)
+        return dx, dln_w, dln_b, dw_fc, dw_proj, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,8 +307,8 @@ class Block(nn.Module):
             if torch.is_autocast_enabled(x.device.type) else torch.float32
         x = x.float()
         with torch.autocast(x.device.type, enabled=False):
-            qkv = NormLinear.apply(x, self.ln_1.weight, getattr(self.ln_1, "bias", None),
-                                   self.attn.c_attn.weight, self.spec, dtype)
+            qkv, x = NormLinear.apply(x, self.ln_1.weight, getattr(self.ln_1, "bias", None),
+                                      self.attn.c_attn.weight, self.spec, dtype)
             y = self.attn.attend(qkv)                                    # (B, T, C)
             x = LinearResidual.apply(y, self.attn.c_proj.weight, x, self.spec)
             x = NormMLPResidual.apply(x, self.ln_2.weight, getattr(self.ln_2, "bias", None),

@@ -268,21 +268,28 @@ def on_cuda(*tensors):
     return all(t.is_cuda for t in tensors) and _cuda_ok()
 
 
-def quantize(x, qblock=32, stochastic=False, generator=None, with_t=False):
+def quantize(x, qblock=32, stochastic=False, generator=None, with_t=False, transposed=False):
     """Quantize a float tensor (any rank >= 1) into QB x QB int8 blocks.
 
     stochastic=False: round to nearest even (forward activations, weights).
     stochastic=True:  unbiased stochastic rounding (gradients).
     with_t=True:      return (t, t.t()): on CUDA both come from one read of x (for the tensors
-                      the backward GEMMs consume transposed).
+                      the backward GEMMs consume both ways: an output gradient).
+    transposed=True:  return t.t() alone, written straight in that layout (what the dgrad
+                      GEMM needs of a weight).
     """
     check_qblock(qblock)
     check_float(x)
+    if with_t and transposed:
+        raise ValueError("with_t returns both layouts, transposed only the transposed one: "
+                         "pick one")
     if on_cuda(x):
         from quantize_cuda import quantize_cuda
         x = x if x.dtype in (torch.float32, torch.bfloat16) else x.float()
-        return quantize_cuda(x.contiguous(), qblock, stochastic, generator, with_t)
+        return quantize_cuda(x.contiguous(), qblock, stochastic, generator, with_t, transposed)
     t = quantize_ref(x, qblock, stochastic, generator)
+    if transposed:
+        return transpose_ref(t)
     return (t, transpose_ref(t)) if with_t else t
 
 

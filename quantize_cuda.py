@@ -201,7 +201,8 @@ __device__ __forceinline__ void load16(const xt* x, int r, int c, int rows, int 
 """
 
 QUANTIZE_SRC = COMMON + LOAD16_SRC + r"""
-// SR: stochastic rounding; TRANS: also write the transposed copy qT, sT.
+// SR: stochastic rounding; TRANS: 1 also writes the transposed copy qT, sT; 2 writes only it
+// (a weight's backward needs W^T alone).
 
 extern "C" __global__ void __launch_bounds__(NT)
 quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
@@ -238,13 +239,13 @@ quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
         const int r = bi * QB + rr + i * HALF, c = bj * QB + cc;
         const u32 key = SR ? unit_key((u32)((long long)r * (Cp / 16) + c / 16), seed_lo, seed_hi) : 0u;
         const uint4 p = quant16(v[i], inv, SR, key);
-        if (live) *(uint4*)(q + (long long)r * Cp + c) = p;
+        if (live && TRANS != 2) *(uint4*)(q + (long long)r * Cp + c) = p;
 #if TRANS
         u32* row = &tile[g][rr + i * HALF][cc / 4];
         row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
 #endif
     }
-    if (live && t == 0) s[(long long)bi * Cb + bj] = sc;
+    if (live && t == 0 && TRANS != 2) s[(long long)bi * Cb + bj] = sc;
 #if TRANS
     const int Rp = Rb * QB;
     __syncthreads();
@@ -443,8 +444,10 @@ def check_qtensor(t, name):
 # ---------------------------------------------------------------------------------------------
 # launchers
 
-def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False):
-    """x (..., C) fp32/bf16 CUDA, contiguous -> QTensor (and its transpose if with_t)."""
+def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
+                  transposed=False):
+    """x (..., C) fp32/bf16 CUDA, contiguous -> QTensor (and its transpose if with_t; only its
+    transpose if transposed)."""
     check_cuda(x, "x", (torch.float32, torch.bfloat16))
     assert x.dim() >= 1 and x.numel() > 0, f"x must be non-empty, got shape {tuple(x.shape)}"
     C = x.shape[-1]
@@ -453,22 +456,30 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False):
     Rb, Cb = Rp // qblock, Cp // qblock
     bf16 = x.dtype == torch.bfloat16
     vec = C % (8 if bf16 else 4) == 0 and x.data_ptr() % 16 == 0
-    q = torch.empty(Rp, Cp, dtype=torch.int8, device=x.device)
-    s = torch.empty(Rb, Cb, dtype=torch.float32, device=x.device)
-    qt = torch.empty(Cp, Rp, dtype=torch.int8, device=x.device) if with_t else q
-    st = torch.empty(Cb, Rb, dtype=torch.float32, device=x.device) if with_t else s
+    trans = 2 if transposed else int(with_t)                # the kernel's TRANS
+    if trans:
+        qt = torch.empty(Cp, Rp, dtype=torch.int8, device=x.device)
+        st = torch.empty(Cb, Rb, dtype=torch.float32, device=x.device)
+    if trans != 2:
+        q = torch.empty(Rp, Cp, dtype=torch.int8, device=x.device)
+        s = torch.empty(Rb, Cb, dtype=torch.float32, device=x.device)
+    if not trans:
+        qt, st = q, s                                       # (unused by the kernel)
+    if trans == 2:
+        q, s = qt, st                                       # (unused by the kernel)
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     kernel = get_kernel(QUANTIZE_SRC, "quantize_kernel",
                         (f"QB={qblock}", f"X_BF16={int(bf16)}", f"VEC={int(vec)}",
-                         f"SR={int(stochastic)}", f"TRANS={int(with_t)}"), x.device)
+                         f"SR={int(stochastic)}", f"TRANS={trans}"), x.device)
     launch(kernel, block_grid(Rb * Cb, qblock), (threads(qblock),),
            (x, np.int32(rows), np.int32(C), np.int32(Rb), np.int32(Cb), q, s, qt, st,
             *seed, sr_salt(x.device), nonfinite_flag(x.device)))
     after_launch(x.device, "x")
+    xt = QTensor(qt, st, torch.Size((C, rows)), qblock) if trans else None
+    if transposed:
+        return xt
     t = QTensor(q, s, x.shape, qblock)
-    if not with_t:
-        return t
-    return t, QTensor(qt, st, torch.Size((C, rows)), qblock)
+    return (t, xt) if with_t else t
 
 
 DQ_STEPS, DQ_WARPS = 4, 8      # dequantize: 4 x 128 columns per warp, 8 warps per CTA

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from int8_linear import Int8Linear, gemm, linear_dgrad, linear_fwd, linear_wgrad
+from int8_linear import (Int8Linear, gemm, linear_dgrad, linear_dgrad_t, linear_fwd,
+                         linear_wgrad)
 from quantize import QTensor, dequantize, expand_blocks, pad_2d, quantize
 
 
@@ -53,6 +54,9 @@ def test_int8_epilogues():
     assert ((dequantize(ysr) - c).abs() < step * (1 + 1e-5)).all()
     assert not torch.equal(ysr.q, y.q)                       # it really is stochastic
     assert linear_fwd(tx, tw, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+    res = torch.randn(3, 40, 70)                             # residual: res + Y, res kept
+    keep = res.clone()
+    assert torch.equal(linear_fwd(tx, tw, residual=res), res + c) and torch.equal(res, keep)
 
 
 def test_dgrad_and_wgrad_layouts():
@@ -67,6 +71,11 @@ def test_dgrad_and_wgrad_layouts():
     assert dw.shape == w.shape
     assert torch.allclose(dw.double(), DY.reshape(-1, 96).t() @ X.reshape(-1, 64),
                           rtol=1e-5, atol=1e-4)
+    # the transposes given rather than made: W^T quantized as such, dY^T from with_t
+    assert torch.equal(linear_dgrad_t(tdy, quantize(w, transposed=True)), dx)
+    tdy2, tdyt = quantize(dy, with_t=True)
+    assert torch.equal(tdy2.q, tdy.q)
+    assert torch.equal(linear_wgrad(tdy2, tx, dyt_q=tdyt), dw)
 
 
 def test_gemm_errors():
@@ -79,6 +88,13 @@ def test_gemm_errors():
         gemm(ta, quantize(torch.randn(5, 64)), out="fp8")
     with pytest.raises(TypeError, match="QTensors"):
         gemm(torch.randn(4, 64), tb)
+    tc = quantize(torch.randn(5, 64))
+    with pytest.raises(ValueError, match="residual must hold 4x5"):
+        gemm(ta, tc, residual=torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="residual needs out='float'"):
+        gemm(ta, tc, out="int8", residual=torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="not both"):
+        gemm(ta, tc, residual=torch.zeros(4, 5), accumulate=torch.zeros(4, 5))
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -100,6 +100,14 @@ def test_float_epilogues(qblock):
     assert out is acc and torch.equal(acc, base + c)
     c_odd = gemm_cuda(ta, operand(37, 192, qblock))                      # odd N: scalar stores
     assert torch.isfinite(c_odd).all() and c_odd.shape == (300, 37)
+    # residual: the same fp32 add into a new tensor of the residual's shape; the residual kept
+    res = torch.randn(3, 100, 190, device=DEV)
+    keep = res.clone()
+    out = gemm_cuda(ta, tb, residual=res)
+    assert out.shape == res.shape and out.data_ptr() != res.data_ptr()
+    assert torch.equal(out, res + c.reshape(res.shape)) and torch.equal(res, keep)
+    res_odd = torch.randn(300, 37, device=DEV)                          # scalar loads and stores
+    assert torch.equal(gemm_cuda(ta, operand(37, 192, qblock), residual=res_odd), res_odd + c_odd)
 
 
 @pytest.mark.parametrize("qblock", [32, 64, 128])
@@ -180,6 +188,13 @@ def test_errors():
         gemm_cuda(QTensor(ta.q, ta.s[:1], ta.shape, 32), tb)
     with pytest.raises(ValueError, match="accumulate"):
         gemm_cuda(ta, tb, accumulate=torch.zeros(3, device=DEV))
+    with pytest.raises(ValueError, match="residual"):
+        gemm_cuda(ta, tb, residual=torch.zeros(64, 32, device=DEV, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm_cuda(ta, tb, residual=torch.zeros(32, 64, device=DEV).t())
+    with pytest.raises(ValueError, match="not both"):
+        gemm_cuda(ta, tb, residual=torch.zeros(64, 32, device=DEV),
+                  accumulate=torch.zeros(64, 32, device=DEV))
 
 
 @pytest.mark.parametrize("qblock", [32, 128])
@@ -228,6 +243,8 @@ def test_fallback_gemm_matches_plane_sum(M, K, N, qblock, kernel):
     tb = operand(N, K, qblock, outlier=False)
     for a, b in ((ta, tb), (tb, ta)):                   # plane on A, then on B
         check_plane_gemm(a, b, kernel)
+    res = torch.randn(M, N, device=DEV)                 # the residual epilogue with a plane
+    assert torch.equal(gemm(ta, tb, residual=res), res + gemm(ta, tb))
     # the int8 epilogue re-quantizes the same sums the float one writes (its 127 / absmax is
     # correctly rounded, torch's a reciprocal times 127: a value exactly at a rounding boundary
     # may round the other way, as in test_int8_rtn_epilogue)

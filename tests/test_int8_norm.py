@@ -176,6 +176,23 @@ def test_layernorm_bwd_no_bias():
     assert db is None
 
 
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_bwd_adds_the_residual_gradient(rms):
+    """dres (the residual branch's gradient) comes back added to dx, nothing else changed."""
+    torch.manual_seed(6)
+    x, (w, b) = make_x((2, 40, 96), 32, "randn"), make_params(96)
+    fwd = rmsnorm_fwd(x, w) if rms else layernorm_fwd(x, w, b)
+    dy_q, dres = quantize(torch.randn(2, 40, 96), stochastic=True), torch.randn(2, 40, 96)
+    bwd = (lambda **k: rmsnorm_bwd(dy_q, fwd[1], fwd[2], w, **k)) if rms else \
+        (lambda **k: layernorm_bwd(dy_q, fwd[1], fwd[2], w, **k))
+    plain, added = bwd(), bwd(dres=dres.clone())
+    assert torch.equal(added[0], plain[0] + dres)
+    for p, a in zip(plain[1:], added[1:]):
+        assert torch.equal(p, a)
+    with pytest.raises(ValueError, match="dres must have"):
+        bwd(dres=torch.randn(2, 40, 95))
+
+
 # ---------------------------------------------------------------------------------------------
 # modules: (out * dout).sum().backward() against nn.LayerNorm / float RMSNorm
 

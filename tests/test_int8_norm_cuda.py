@@ -102,6 +102,11 @@ def test_norm_fwd_bwd(shape, qblock, case, rms, path, monkeypatch):
             e = rel(got, ref)
             assert e < 1e-5, f"{name}: ||err||/||ref|| = {e:.3e}"
     assert (db is None) == rms
+    # dres: the residual's gradient added on the way out, the same fp32 add as dx + dres
+    dres = torch.randn(shape, device="cuda")
+    poison(0x77)
+    dx2, dw2, _ = norm_bwd_cuda(dy_q, xhat_q, rstd, w, not rms, dres)
+    assert torch.equal(dx2, dx + dres) and torch.equal(dw2, dw)
 
 
 @pytest.mark.parametrize("shape, qblock", [((8192, 1024), 32), ((2000, 4096), 32),

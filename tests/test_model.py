@@ -91,6 +91,30 @@ def test_fallback_stats_name_every_quantized_activation():
     assert "stale.name" not in model.fallback_stats()
 
 
+@pytest.mark.parametrize("style", STYLES)
+def test_int8_block_residual_paths(style):
+    """The residual adds have no kernel of their own in an int8 block (the c_proj GEMMs add x,
+    the norm backwards add the residual's gradient, NormLinear passes x through to get it): the
+    block's output and input gradient against the float block's, and the input x untouched.
+    Without the identity paths both would be far off (the residual carries most of each)."""
+    from fallback import FallbackConfig
+    from model import Block
+    grads, outs = {}, {}
+    for int8 in (False, True):
+        cfg = tiny(style, int8=int8)
+        torch.manual_seed(0)
+        block = Block(cfg, FallbackConfig(False, cfg.fallback_rule, cfg.fallback_threshold), 0)
+        x = torch.randn(2, 64, 64, requires_grad=True)
+        keep = x.detach().clone()
+        torch.manual_seed(1)
+        out = block(x)
+        out.backward(torch.ones_like(out))
+        assert torch.equal(x.detach(), keep)
+        grads[int8], outs[int8] = x.grad, out.detach()
+    assert rel(outs[True], outs[False]) < 0.01
+    assert rel(grads[True], grads[False]) < 0.05
+
+
 def test_int8_saves_less_for_backward():
     """The activations saved for backward are int8 blocks (plus SDPA's own float q, k, v)."""
     def saved(cfg):
@@ -150,9 +174,9 @@ def test_fused_weight_grads_add_what_autograd_adds(style, monkeypatch):
     import model as model_module
     calls, wgrad = [], model_module.linear_wgrad
 
-    def counted(dy_q, x_q, accumulate=None):           # records whether it added into .grad
+    def counted(dy_q, x_q, accumulate=None, dyt_q=None):   # records whether it added into .grad
         calls.append(accumulate is not None)
-        return wgrad(dy_q, x_q, accumulate=accumulate)
+        return wgrad(dy_q, x_q, accumulate=accumulate, dyt_q=dyt_q)
     monkeypatch.setattr(model_module, "linear_wgrad", counted)
     cfg = tiny(style, int8=True, fallback=True)
     grads = {}

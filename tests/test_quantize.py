@@ -115,6 +115,20 @@ def test_bad_inputs_raise_clear_errors():
         quantize(torch.randn(0, 4))
     with pytest.raises(TypeError, match="torch.Tensor"):
         quantize([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="pick one"):
+        quantize(torch.randn(4, 4), with_t=True, transposed=True)
+
+
+def test_transposed_layouts_are_the_transpose():
+    torch.manual_seed(3)
+    x = torch.randn(3, 37, 70)
+    t = quantize(x)
+    t2, tt = quantize(x, with_t=True)
+    only = quantize(x, transposed=True)
+    for u in (tt, only):
+        assert u.shape == (70, 111)
+        assert torch.equal(u.q, transpose(t).q) and torch.equal(u.s, transpose(t).s)
+    assert torch.equal(t2.q, t.q) and torch.equal(t2.s, t.s)
 
 
 def test_bf16_input_matches_fp32_of_same_values():

@@ -44,6 +44,7 @@ def test_rtn_bit_exact_with_transpose(shape, qblock, case, dtype):
     torch.manual_seed(0)
     x = make_x(shape, qblock, case, dtype)
     ref = quantize_ref(x.cpu(), qblock)
+    rt = transpose_ref(ref)
     for byte, with_t in ((0x55, False), (0xFF, True)):
         poison(byte)
         out = quantize_cuda(x, qblock, with_t=with_t)
@@ -52,9 +53,12 @@ def test_rtn_bit_exact_with_transpose(shape, qblock, case, dtype):
         assert torch.equal(t.q.cpu(), ref.q), f"{(t.q.cpu() != ref.q).sum()} int8 values differ"
         assert torch.equal(t.s.cpu(), ref.s), "scales differ"
         if with_t:
-            rt = transpose_ref(ref)
             assert out[1].shape == rt.shape
             assert torch.equal(out[1].q.cpu(), rt.q) and torch.equal(out[1].s.cpu(), rt.s)
+    poison(0x33)
+    tt = quantize_cuda(x, qblock, transposed=True)      # the transposed layout alone
+    assert tt.shape == rt.shape and tt.q.shape == rt.q.shape
+    assert torch.equal(tt.q.cpu(), rt.q) and torch.equal(tt.s.cpu(), rt.s)
 
 
 def test_rtn_bit_exact_at_bench_size():
@@ -112,6 +116,11 @@ def test_stochastic_rounding_seeding():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     assert torch.equal(quantize(x, stochastic=True, generator=g1).q,
                        quantize(x, stochastic=True, generator=g2).q)
+    # the same draws in every layout (the model's gradients come with_t; the key is the position)
+    g1.manual_seed(2), g2.manual_seed(2)
+    t, tt = quantize(x, stochastic=True, generator=g1, with_t=True)
+    assert torch.equal(t.q, quantize(x, stochastic=True, generator=g2).q)
+    assert torch.equal(tt.q, transpose(t).q) and torch.equal(tt.s, transpose(t).s)
     # identical blocks get different random numbers (the counter includes the position)
     y = x[:32, :32].repeat(2, 3).contiguous()
     t = quantize(y, stochastic=True)
