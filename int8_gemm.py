@@ -317,18 +317,16 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm, 
     whatever the flagged fraction. The wgmma kernels fuse one operand's plane instead.
     """
     check_gemm(a, b, out, out_dtype, accumulate, residual)
-    if accumulate is not None:
-        acc = accumulate
-    elif residual is not None:
-        acc = residual.clone()                              # the planes add into a copy of it
-    else:
-        acc = torch.zeros(a.rows * b.rows, dtype=torch.float32, device=a.q.device)
+    acc = accumulate if accumulate is not None else torch.zeros(
+        a.rows * b.rows, dtype=torch.float32, device=a.q.device)
     for a_q, a_s in _planes(a):
         for b_q, b_s in _planes(b):
             plain_gemm(QTensor(a_q, a_s, a.shape, a.qblock), QTensor(b_q, b_s, b.shape, b.qblock),
                        "float", accumulate=acc)
-    if accumulate is not None or residual is not None:
-        return acc
+    if accumulate is not None:
+        return accumulate
+    if residual is not None:                                # residual + C, as the kernels add it
+        return residual + acc.view(residual.shape)
     shape = torch.Size(shape) if shape is not None else torch.Size((a.rows, b.rows))
     c = acc.view(shape)
     if out == "float":

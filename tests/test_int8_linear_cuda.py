@@ -98,7 +98,8 @@ def test_float_epilogues(qblock):
     acc = base.clone()
     out = gemm_cuda(ta, tb, accumulate=acc)
     assert out is acc and torch.equal(acc, base + c)
-    c_odd = gemm_cuda(ta, operand(37, 192, qblock))                      # odd N: scalar stores
+    tb_odd = operand(37, 192, qblock)
+    c_odd = gemm_cuda(ta, tb_odd)                                       # odd N: scalar stores
     assert torch.isfinite(c_odd).all() and c_odd.shape == (300, 37)
     # residual: the same fp32 add into a new tensor of the residual's shape; the residual kept
     res = torch.randn(3, 100, 190, device=DEV)
@@ -107,7 +108,7 @@ def test_float_epilogues(qblock):
     assert out.shape == res.shape and out.data_ptr() != res.data_ptr()
     assert torch.equal(out, res + c.reshape(res.shape)) and torch.equal(res, keep)
     res_odd = torch.randn(300, 37, device=DEV)                          # scalar loads and stores
-    assert torch.equal(gemm_cuda(ta, operand(37, 192, qblock), residual=res_odd), res_odd + c_odd)
+    assert torch.equal(gemm_cuda(ta, tb_odd, residual=res_odd), res_odd + c_odd)
 
 
 @pytest.mark.parametrize("qblock", [32, 64, 128])
