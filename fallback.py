@@ -475,13 +475,14 @@ class FallbackConfig:
                      flagged_count(t) if t.has_plane else 0)
             self.stats[name] = (count, t.s.numel())
 
-    def quantize(self, x, qblock, name, stochastic=False):
-        """Quantize an activation, with a second plane for outlier blocks when enabled."""
+    def quantize(self, x, qblock, name, stochastic=False, with_t=False):
+        """Quantize an activation, with a second plane for outlier blocks when enabled;
+        with_t: (t, t.t()), both layouts (plain int8: from one pass over x)."""
         if not self.enabled:
-            return quantize(x, qblock, stochastic)
+            return quantize(x, qblock, stochastic, with_t=with_t)
         t = quantize_with_plane(x, qblock, self.spec_for(name), stochastic)
         self.record(name, t)
-        return t
+        return (t, t.t()) if with_t else t
 
     def fractions(self):
         """The last forward's flagged fractions as floats: one host sync for all of them."""

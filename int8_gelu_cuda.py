@@ -175,6 +175,7 @@ __device__ __forceinline__ void walk(const Op& op, int Rb, int Cb) {
 """
 
 GELU_SRC = BLOCK_SRC + r"""
+// MIN_CTAS (-D): CTAs an SM must be able to hold (__launch_bounds__; caps the registers)
 #define LOG2E 1.4426950408889634f
 #define GELU_K 0.7978845608028654f
 #define GELU_C 0.044715f
@@ -290,13 +291,13 @@ struct SwigluBwd {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 gelu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Cb,
                 i8* __restrict__ gq, float* __restrict__ gs, int* flag) {
     walk(GeluFwd{hq, hs, gq, gs, Cb, flag}, Rb, Cb);
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 gelu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                 const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Cb,
                 i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
@@ -305,13 +306,13 @@ gelu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
     walk(GeluBwd{dgq, dgs, hq, hs, dhq, dhs, Cb, seed_lo, seed_hi, flag}, Rb, Cb);
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 swiglu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Hb,
                   i8* __restrict__ gq, float* __restrict__ gs, int* flag) {
     walk(SwigluFwd{hq, hs, gq, gs, Hb, flag}, Rb, Hb);
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 swiglu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                   const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Hb,
                   i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
@@ -324,14 +325,26 @@ swiglu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
 # blocks each group walks (BPG): with 2 a warp's loads of one block overlap its math on the
 # other, at the price of registers; the fastest per kernel on the H100 (notes/memory_kernels.md)
 BLOCKS_PER_GROUP = {"gelu_fwd": 2, "gelu_bwd": 2, "swiglu_fwd": 1, "swiglu_bwd": 2}
+# At QB = 128 a CTA is one 512-thread group: (BPG, MIN_CTAS) per kernel. Two blocks per group
+# took 86-128 registers a thread, so an SM held one CTA and each block's CTA-wide barrier
+# stalled all of it; MIN_CTAS = 2 caps them at 64 (a few spill). On the H100, width-2048 block
+# activations (notes/act_qb128_ab.log): GELU fwd 0.082 -> 0.064 ms, bwd 0.120 -> 0.102, SwiGLU
+# fwd 0.063 -> 0.054; the SwiGLU backward spills too much at 64 (0.123 -> 0.239) and keeps 1.
+QB128_CONFIG = {"gelu_fwd": (2, 2), "gelu_bwd": (2, 2), "swiglu_fwd": (2, 2), "swiglu_bwd": (2, 1)}
+
+
+def launch_config(op, qblock):
+    """(BPG, MIN_CTAS) of op's kernel at this block size."""
+    return QB128_CONFIG[op] if qblock == 128 else (BLOCKS_PER_GROUP[op], 1)
 
 
 def _launch(op, qblock, device, n_blocks, args, stochastic=False):
     """Run op's kernel over n_blocks output blocks, one group of G threads per BPG blocks."""
-    bpg = BLOCKS_PER_GROUP[op]
+    bpg, min_ctas = launch_config(op, qblock)
     assert n_blocks + 4 * bpg < 2**31, f"{n_blocks} blocks: the kernels count blocks in int32"
     kernel = get_kernel(GELU_SRC, f"{op}_kernel",
-                        (f"QB={qblock}", f"SR={int(stochastic)}", f"BPG={bpg}"), device)
+                        (f"QB={qblock}", f"SR={int(stochastic)}", f"BPG={bpg}",
+                         f"MIN_CTAS={min_ctas}"), device)
     launch(kernel, block_grid(-(-n_blocks // bpg), qblock), (threads(qblock),), args)
 
 

@@ -367,17 +367,6 @@ __device__ __forceinline__ void add_old(float (&acc)[NACC], const float* add, in
     for (int i = 0; i < NACC; ++i) acc[i] += old[i];
 }
 
-// The tile's 128 x 128 values of add into L2, asked for when the tile starts: its 64 KB then
-// come in from DRAM during the tile's MMAs, and add_old's loads hit L2 (a prefetch a 128-byte
-// line, 512 a tile, two per consumer thread).
-__device__ __forceinline__ void prefetch_add(const float* add, int M, int N, int m0, int n0, int ct) {
-    #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int line = ct + 256 * i, r = m0 + line / 4, c = n0 + 32 * (line % 4);
-        if (r < M && c < N) asm volatile("prefetch.global.L2 [%0];\n" :: "l"(add + (long long)r * N + c));
-    }
-}
-
 // Consumer thread ct's share of the tile at (m0, n0): out = acc (fp32 / bf16), + add (fp32) where
 // add is not null (add == out: out += acc), or the
 // int8 blocks of acc with their scales (through the C tile in shared memory and a TMA store by
@@ -476,7 +465,6 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
         int m0, n0;
         tile_origin(tile, Mp, Np, m0, n0);
-        if (add) prefetch_add(add, M, N, m0, n0, ct);
         float acc[NACC];
         #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;

@@ -41,11 +41,16 @@ def linear_dgrad_t(dy_q, wt_q, out="float", out_dtype=torch.float32):
     return gemm(dy_q, wt_q, out=out, out_dtype=out_dtype, shape=(*dy_q.shape[:-1], wt_q.rows))
 
 
-def linear_wgrad(dy_q, x_q, accumulate=None, dyt_q=None):
+def linear_wgrad(dy_q, x_q, accumulate=None):
     """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K), or added into
-    `accumulate` (an fp32 tensor of N*K elements, returned). dyt_q: dY^T, if the caller has it
-    (quantize(dy, with_t=True) writes both layouts in one pass), else dy_q is transposed here."""
-    return gemm(dy_q.t() if dyt_q is None else dyt_q, x_q.t(), out="float", accumulate=accumulate)
+    `accumulate` (an fp32 tensor of N*K elements, returned)."""
+    return linear_wgrad_t(dy_q.t(), x_q.t(), accumulate)
+
+
+def linear_wgrad_t(dy_qt, x_qt, accumulate=None):
+    """linear_wgrad given dY^T (N, M) and X^T (K, M) themselves: what quantize(..., with_t=True)
+    writes beside dY and X in one pass, with no transpose kernel between."""
+    return gemm(dy_qt, x_qt, out="float", accumulate=accumulate)
 
 
 class Int8LinearFunction(torch.autograd.Function):
@@ -95,4 +100,4 @@ class Int8Linear(nn.Linear):
 
 
 __all__ = ["gemm", "gemm_ref", "block_gemm_ref", "linear_fwd", "linear_dgrad", "linear_dgrad_t",
-           "linear_wgrad", "Int8Linear", "Int8LinearFunction"]
+           "linear_wgrad", "linear_wgrad_t", "Int8Linear", "Int8LinearFunction"]

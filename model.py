@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from fallback import DEFAULT_RULE, DEFAULT_THRESHOLD, FallbackConfig
 from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd
-from int8_linear import linear_dgrad_t, linear_fwd, linear_wgrad
+from int8_linear import linear_dgrad_t, linear_fwd, linear_wgrad_t
 from int8_norm import layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd
 from quantize import check_qblock, load_q, quantize, save_q
 
@@ -87,9 +87,10 @@ class Int8Spec:
             config.qblock, config.norm, config.mlp, fb, name)
         self.fuse_wgrad = False                  # GPT.fuse_weight_grads / Block's, see wgrad
 
-    def wgrad(self, dy_q, x_q, w, dy_qt=None):
-        """dW = dY^T X in fp32, the gradient of weight w (dy_qt: dY^T, if quantize_grad wrote
-        it; else dy_q is transposed). With fuse_wgrad, where w.grad exists
+    def wgrad(self, dy_qt, x_qt, w):
+        """dW = dY^T X in fp32, the gradient of weight w, from dY^T and X^T (the wgrad GEMM's
+        operands: written so beside dY and X where a kernel could, else transposed by the
+        caller). With fuse_wgrad, where w.grad exists
         (fp32, contiguous: a later micro-step, zero_grad(set_to_none=False), a graphed step),
         the GEMM's epilogue adds dW into w.grad itself and this returns None, so autograd leaves
         w.grad alone: one read and one write of w.grad, where autograd's accumulation costs
@@ -98,9 +99,9 @@ class Int8Spec:
         g = w.grad
         if (self.fuse_wgrad and g is not None and g.dtype == torch.float32
                 and g.is_contiguous() and g.shape == w.shape):
-            linear_wgrad(dy_q, x_q, accumulate=g, dyt_q=dy_qt)
+            linear_wgrad_t(dy_qt, x_qt, accumulate=g)
             return None
-        return linear_wgrad(dy_q, x_q, dyt_q=dy_qt)
+        return linear_wgrad_t(dy_qt, x_qt)
 
     def norm_fwd(self, x, w, b, what):
         """Norm with int8 output; `what` names the GEMM that output feeds (for the log)."""
@@ -171,7 +172,7 @@ class NormLinear(torch.autograd.Function):
         # --- GEMM: dA = dqkv @ W ---
         da_q = linear_dgrad_t(dqkv_q, w_qt, out="int8_sr")               # (B, T, C) int8
         # --- GEMM: dW = dqkv^T @ A ---
-        dw = spec.wgrad(dqkv_q, a_q, w, dqkv_qt)                         # (3C, C) fp32
+        dw = spec.wgrad(dqkv_qt, a_q.t(), w)                             # (3C, C) fp32
         del dqkv_q, dqkv_qt   # (each transient is dropped once used: the backward's peak)
         # dx + the gradient LinearResidual passed to x, in one kernel
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias, dres)
@@ -183,23 +184,24 @@ class LinearResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, w, x, spec):
-        y_q = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj")  # (B, T, C) int8
+        y_q, y_qt = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj",
+                                     with_t=True)                        # (B, T, C) int8, ^T
         w_q = quantize(w, spec.qblock)                                   # (C, C) int8
         # --- GEMM: out = x + Y @ W^T (x added by the epilogue) ---
         out = linear_fwd(y_q, w_q, residual=x)                           # (B, T, C) fp32
-        save_q(ctx, y_q, w)
+        save_q(ctx, y_qt, w)                           # Y^T: all the backward needs of Y
         ctx.spec, ctx.y_dtype = spec, y.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        y_q, w = load_q(ctx)
+        y_qt, w = load_q(ctx)
         w_qt = requantize_t(w, ctx.spec)                                 # (C, C) int8: W^T
         dout_q, dout_qt = ctx.spec.quantize_grad(dout, "attn.c_proj")    # (B, T, C) int8, ^T
         # --- GEMM: dY = dout @ W (float: attention's backward takes floats) ---
         dy = linear_dgrad_t(dout_q, w_qt, out="float", out_dtype=ctx.y_dtype)  # (B, T, C)
         # --- GEMM: dW = dout^T @ Y ---
-        dw = ctx.spec.wgrad(dout_q, y_q, w, dout_qt)                     # (C, C) fp32
+        dw = ctx.spec.wgrad(dout_qt, y_qt, w)                            # (C, C) fp32
         return dy, dw, dout, None                # dout: x's, added in NormLinear's backward
 
 
@@ -229,14 +231,14 @@ class NormMLPResidual(torch.autograd.Function):
         # --- GEMM: dG = dout @ W_proj ---
         dg_q = linear_dgrad_t(dout_q, proj_qt, out="int8_sr")            # (B, T, H) int8
         # --- GEMM: dW_proj = dout^T @ G ---
-        dw_proj = spec.wgrad(dout_q, g_q, w_proj, dout_qt)               # (C, H) fp32
+        dw_proj = spec.wgrad(dout_qt, g_q.t(), w_proj)                   # (C, H) fp32
         del dout_q, dout_qt   # (each transient is dropped once used: the backward's peak)
         dh_q = spec.act_bwd(dg_q, h_q)                                   # (B, T, H or 2H)
         del dg_q
         # --- GEMM: dA = dH @ W_fc ---
         da_q = linear_dgrad_t(dh_q, fc_qt, out="int8_sr")                # (B, T, C) int8
         # --- GEMM: dW_fc = dH^T @ A ---
-        dw_fc = spec.wgrad(dh_q, a_q, w_fc)                              # (H or 2H, C) fp32
+        dw_fc = spec.wgrad(dh_q.t(), a_q.t(), w_fc)                      # (H or 2H, C) fp32
         del dh_q
         # dx + dout (the residual's path), in one kernel
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias, dout)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from int8_linear import (Int8Linear, gemm, linear_dgrad, linear_dgrad_t, linear_fwd,
-                         linear_wgrad)
+                         linear_wgrad, linear_wgrad_t)
 from quantize import QTensor, dequantize, expand_blocks, pad_2d, quantize
 
 
@@ -75,7 +75,7 @@ def test_dgrad_and_wgrad_layouts():
     assert torch.equal(linear_dgrad_t(tdy, quantize(w, transposed=True)), dx)
     tdy2, tdyt = quantize(dy, with_t=True)
     assert torch.equal(tdy2.q, tdy.q)
-    assert torch.equal(linear_wgrad(tdy2, tx, dyt_q=tdyt), dw)
+    assert torch.equal(linear_wgrad_t(tdyt, quantize(x, transposed=True)), dw)
 
 
 def test_gemm_errors():

@@ -172,12 +172,12 @@ def test_fused_weight_grads_add_what_autograd_adds(style, monkeypatch):
     gets None. Two steps from the same weights and draws, fused and not, must leave the same
     .grad (the first step finds .grad None and takes autograd's path in both)."""
     import model as model_module
-    calls, wgrad = [], model_module.linear_wgrad
+    calls, wgrad = [], model_module.linear_wgrad_t
 
-    def counted(dy_q, x_q, accumulate=None, dyt_q=None):   # records whether it added into .grad
+    def counted(dy_qt, x_qt, accumulate=None):           # records whether it added into .grad
         calls.append(accumulate is not None)
-        return wgrad(dy_q, x_q, accumulate=accumulate, dyt_q=dyt_q)
-    monkeypatch.setattr(model_module, "linear_wgrad", counted)
+        return wgrad(dy_qt, x_qt, accumulate=accumulate)
+    monkeypatch.setattr(model_module, "linear_wgrad_t", counted)
     cfg = tiny(style, int8=True, fallback=True)
     grads = {}
     for fuse in (False, True):
