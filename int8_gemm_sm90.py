@@ -6,7 +6,8 @@ and b_q (Np, Kp) int8 row-major (K-contiguous: the only layout wgmma takes for 8
 a_s (Mp/QB, Kp/QB) and b_s (Np/QB, Kp/QB) fp32, QB = 32, 64 or 128. For each K-block the int32
 partial sum P is exact; it is "promoted" into an fp32 accumulator as acc += float(P) * s_A * s_B
 (DeepGEMM's FP8 promotion, here every QB of K). Epilogues are int8_gemm_mma.py's per-pair store
-functions (GEMM_STORE_SRC): fp32 / bf16 / += fp32, int8 RTN, int8 stochastic rounding.
+functions (GEMM_STORE_SRC): fp32 / bf16 (plus an fp32 tensor where given: accumulate or
+residual), int8 RTN, int8 stochastic rounding.
 
 One CTA = 3 warpgroups (384 threads), one per SM (persistent), walking the 128 x 128 tiles of C
 (tiles b, b + gridDim.x, ...; the producer fills the ring for the next tile while the consumers
