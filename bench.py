@@ -472,8 +472,9 @@ def bench_block(device, widths, style, B, T, modes=BLOCK_MODES):
                 torch.cuda.empty_cache()
         base = min(results[m][0] for m in ("bf16", "bf16 compile") if m in results)
         base_held, base_peak = results["bf16"][1:3]
-        base_graphed = min([results["bf16"][3] or float("inf")]
-                           + [results[m][0] for m in ("bf16 compile",) if m in results])
+        inf = float("inf")
+        base_graphed = min(results["bf16"][3] or inf,
+                           results["bf16 compile"][0] if "bf16 compile" in results else inf)
         for mode, (ms, held, peak, graphed) in results.items():
             rows.append(dict(op=f"{style} block fwd+bwd, {mode}", shape=f"B={B} T={T} C={C}",
                              ms=ms, speedup=base / ms, held_MiB=held / 2**20,

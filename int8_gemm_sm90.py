@@ -428,9 +428,9 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
     if (ct == 0) tma_store(q_map, n0, m0, ctile);
 }
 
-// The kernel body. The grid is at most one CTA per SM (it holds 165 KB of shared memory and all
-// 64K registers); CTA b computes tiles b, b + gridDim.x, ... (tile_origin's order), the producer
-// running ahead into the next tile while the consumers finish this one.
+// The kernel body. The grid is at most one CTA per SM (it holds 182 KB of shared memory at
+// QB = 32 and all 64K registers); CTA b computes tiles b, b + gridDim.x, ... (tile_origin's
+// order), the producer running ahead into the next tile while the consumers finish this one.
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
         const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int M,
@@ -497,14 +497,15 @@ gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_con
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
                       const __grid_constant__ TensorMap q_map, const float* __restrict__ As,
-                      const float* __restrict__ Bs, signed char* q, float* q_s, int Mp, int Np, int Kp,
+                      const float* __restrict__ Bs, float* q_s, int Mp, int Np, int Kp,
                       int stochastic, unsigned seed, const unsigned* __restrict__ salt,
                       const int* p_list, const int* p_count,
                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                       int p_on_b, const __grid_constant__ TensorMap p_omap,
                       const __grid_constant__ TensorMap p_qmap) {
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
-    gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, q, 0, 0, q_s, stochastic, seed,
+    gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, nullptr, 0, nullptr, q_s,
+                 stochastic, seed,
                  Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
 }
 """
@@ -602,6 +603,6 @@ def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persiste
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     _launch("gemm_sm90_int8_kernel", a, b,
-            (a.s, b.s, q, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
+            (a.s, b.s, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
              np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
             exact, source, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))

@@ -191,7 +191,7 @@ def plane_lists(slot, s2, qblock, halves=1):
 
 def _plane(t):
     """The compact plane of t (slot, q2, s2), checked against t's block grid, as the kernel reads
-    it: q2 contiguous and 16-byte aligned for cp.async (copied if not: it is small)."""
+    it: q2 contiguous and 16-byte aligned for its TMA map (copied if not: it is small)."""
     QB, grid = t.qblock, (t.q.shape[0] // t.qblock, t.q.shape[1] // t.qblock)
     slot, q2, s2 = t.slot, t.q2, t.s2
     if slot.dtype != torch.int32 or tuple(slot.shape) != grid:

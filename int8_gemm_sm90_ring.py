@@ -17,7 +17,7 @@ the same 16 KB out by K-block instead: produce_plane_stage.) In all: 182,160 byt
 the 227 KB an H100 CTA may use.
 
 PTX wrappers (SM90_PTX_SRC): TMA (the tensor map, cp.async.bulk.tensor, mbarrier expect_tx),
-cp.async of 16 and 4 bytes (src-size 0 writes zeros), mbarrier init / arrive / try_wait,
+cp.async of 4 bytes for the scales (src-size 0 writes zeros), mbarrier init / arrive / try_wait,
 cp.async.mbarrier.arrive (an arrival once this thread's copies have landed), fence.proxy.async
 (cp.async writes through the generic proxy, wgmma reads through the async one), wgmma fence /
 commit / wait, a compiler fence on D (fence_operands), setmaxnreg, the consumers' named barrier,
@@ -74,7 +74,7 @@ constexpr int NACC = BN / 2;                 // accumulators per consumer thread
 constexpr int G = KGROUP;                    // K-blocks per consumer loop iteration: 4, 2, 2
 constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
-static_assert(BM == 128 && BN == 128 && BK == 128, "the copy mapping below assumes 128 x 128 B");
+static_assert(BM == 128 && BN == 128 && BK == 128, "the ring's stages are 128 x 128 B tiles");
 // shared memory: [A ring][B ring][C tile][scale ring][full barriers][empty barriers][block absmax]
 constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_C = 2 * STAGES * TILE_BYTES;
 constexpr int SMEM_S = SMEM_C + BM * BN;     // C tile: the int8 epilogue's 16 KB, 1024-aligned
@@ -85,10 +85,7 @@ static_assert(SMEM_BYTES <= 227 * 1024, "the ring must fit in an H100's 227 KB o
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
 }
-// cp.async global -> shared, BYTES = 16 (L2 only) or 4; src_bytes = 0 writes zeros.
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
-}
+// cp.async global -> shared of 4 bytes (the scales); src_bytes = 0 writes zeros.
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"(dst), "l"(src), "r"(src_bytes));
 }

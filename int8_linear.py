@@ -41,15 +41,15 @@ def linear_dgrad_t(dy_q, wt_q, out="float", out_dtype=torch.float32):
     return gemm(dy_q, wt_q, out=out, out_dtype=out_dtype, shape=(*dy_q.shape[:-1], wt_q.rows))
 
 
-def linear_wgrad(dy_q, x_q, accumulate=None):
-    """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K), or added into
-    `accumulate` (an fp32 tensor of N*K elements, returned)."""
-    return linear_wgrad_t(dy_q.t(), x_q.t(), accumulate)
+def linear_wgrad(dy_q, x_q):
+    """dW = dY^T @ X in fp32. dy_q (..., N), x_q (..., K) -> (N, K)."""
+    return linear_wgrad_t(dy_q.t(), x_q.t())
 
 
 def linear_wgrad_t(dy_qt, x_qt, accumulate=None):
     """linear_wgrad given dY^T (N, M) and X^T (K, M) themselves: what quantize(..., with_t=True)
-    writes beside dY and X in one pass, with no transpose kernel between."""
+    writes beside dY and X in one pass, with no transpose kernel between; or added into
+    `accumulate` (an fp32 tensor of N*K elements, returned)."""
     return gemm(dy_qt, x_qt, out="float", accumulate=accumulate)
 
 

@@ -98,7 +98,7 @@ class Int8Spec:
         under DDP, whose hooks wait for autograd to accumulate every gradient."""
         g = w.grad
         if (self.fuse_wgrad and g is not None and g.dtype == torch.float32
-                and g.is_contiguous() and g.shape == w.shape):
+                and g.is_contiguous()):
             linear_wgrad_t(dy_qt, x_qt, accumulate=g)
             return None
         return linear_wgrad_t(dy_qt, x_qt)
@@ -133,8 +133,8 @@ class Int8Spec:
         """Output gradients: stochastic rounding, as (dY, dY^T), the dgrad and the wgrad GEMM's
         operands, written by one kernel; a second plane only if fallback_grad."""
         if self.fb.grad:
-            t = self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True)
-            return t, t.t()
+            return self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True,
+                                    with_t=True)
         return quantize(dy, self.qblock, stochastic=True, with_t=True)
 
 

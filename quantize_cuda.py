@@ -457,16 +457,12 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
     bf16 = x.dtype == torch.bfloat16
     vec = C % (8 if bf16 else 4) == 0 and x.data_ptr() % 16 == 0
     trans = 2 if transposed else int(with_t)                # the kernel's TRANS
-    if trans:
-        qt = torch.empty(Cp, Rp, dtype=torch.int8, device=x.device)
-        st = torch.empty(Cb, Rb, dtype=torch.float32, device=x.device)
-    if trans != 2:
-        q = torch.empty(Rp, Cp, dtype=torch.int8, device=x.device)
-        s = torch.empty(Rb, Cb, dtype=torch.float32, device=x.device)
-    if not trans:
-        qt, st = q, s                                       # (unused by the kernel)
-    if trans == 2:
-        q, s = qt, st                                       # (unused by the kernel)
+    dev = x.device
+    plain = None if transposed else (torch.empty(Rp, Cp, dtype=torch.int8, device=dev),
+                                     torch.empty(Rb, Cb, device=dev))
+    tr = (torch.empty(Cp, Rp, dtype=torch.int8, device=dev),
+          torch.empty(Cb, Rb, device=dev)) if trans else None
+    (q, s), (qt, st) = plain or tr, tr or plain   # (a layout not written gets the other's)
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     kernel = get_kernel(QUANTIZE_SRC, "quantize_kernel",
                         (f"QB={qblock}", f"X_BF16={int(bf16)}", f"VEC={int(vec)}",
@@ -475,7 +471,7 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
            (x, np.int32(rows), np.int32(C), np.int32(Rb), np.int32(Cb), q, s, qt, st,
             *seed, sr_salt(x.device), nonfinite_flag(x.device)))
     after_launch(x.device, "x")
-    xt = QTensor(qt, st, torch.Size((C, rows)), qblock) if trans else None
+    xt = QTensor(qt, st, torch.Size((C, rows)), qblock)
     if transposed:
         return xt
     t = QTensor(q, s, x.shape, qblock)

@@ -19,7 +19,36 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import GPT, GPTConfig  # noqa: E402
-from notes.profile_block import profile_steps, time_steps  # noqa: E402
+
+
+def time_steps(step, n=5, warmup=3):
+    """After warmup steps: (ms per step until the host has queued n steps, ms per step until
+    the GPU has run them)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    host = (time.perf_counter() - t0) / n * 1e3
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - t0) / n * 1e3
+
+
+def profile_steps(step, n=5):
+    """torch.profiler over n calls of step (CPU and CUDA activity): the op table
+    (key_averages) and the GPU kernel ms per step."""
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    # kernels only: with CPU activity on, each op's row repeats its kernels' device time
+    gpu = sum(e.self_device_time_total for e in events
+              if e.device_type == torch.autograd.DeviceType.CUDA) / n / 1e3
+    return events, gpu
+
 
 STYLES = {"gpt2": dict(mlp="gelu", norm="layernorm"), "llama": dict(mlp="swiglu", norm="rmsnorm")}
 

@@ -70,6 +70,8 @@ def test_norm_fwd_bwd(shape, qblock, case, rms, path, monkeypatch):
     """path 'auto': the cluster kernel where the row fits one cluster, else the wide path;
     'wide': the wide path's two kernels at every width."""
     if path == "wide":
+        if int8_norm_cuda.fwd_config(shape[-1], qblock) is None:
+            pytest.skip("'auto' takes the wide path at this width already")
         monkeypatch.setattr(int8_norm_cuda, "fwd_config", lambda C, qblock: None)
     torch.manual_seed(0)
     C = shape[-1]
