@@ -76,13 +76,11 @@ from int8_gemm_mma import GEMM_STORE_SRC, TILE_ORIGIN_SRC
 from int8_gemm_sm90_plane import CONSUME_PLANE_SRC, PLANE_SRC, PLANE_STAGES_SRC, plane_args
 from int8_gemm_sm90_ring import (SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
                                  SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
-from int8_norm_cuda import max_active_clusters
 from quantize import get_kernel, launch
 from quantize_cuda import sr_salt
 from tma import tile_map
 
 THREADS = 384                                # producer + 2 consumer warpgroups
-MULTICAST = True                             # pairs of CTAs share A's tiles (_cluster)
 
 # The consumers' steps for one K-block: wait for its stage, issue its wgmma, promote it, free the
 # stage. consume() below, consume_plane (int8_gemm_sm90_plane.py) and the ping-pong consume()
@@ -118,17 +116,9 @@ __device__ __forceinline__ void wait_full(const Consumer& cs, Stage st) {
     mbar_wait(cs.base + SMEM_BAR + 8 * st.slot, st.parity);
     fence_proxy_async();
 }
-// Hand stage st's slot back to the producer: CLUSTER = 2, to both CTAs' producers, whose TMA
-// copies write into it (one arrival per warp: all its lanes are past their reads of the slot)
+// Hand stage st's slot back to the producer
 __device__ __forceinline__ void release(const Consumer& cs, Stage st) {
-    const unsigned empty = cs.base + SMEM_BAR + 8 * STAGES + 8 * st.slot;
-    if constexpr (CLUSTER == 1) {
-        mbar_arrive(empty);
-    } else {
-        __syncwarp();
-        #pragma unroll
-        for (int r = 0; r < CLUSTER; ++r) mbar_arrive_at(empty, r, threadIdx.x % 32 == 0);
-    }
+    mbar_arrive(cs.base + SMEM_BAR + 8 * STAGES + 8 * st.slot);
 }
 // KSTEPS wgmma k32 steps of K-block column j of stage st into d, one commit group. Its operands
 // start slot * TILE_BYTES + j * QB + 32 s bytes past slot 0's, so each descriptor is the
@@ -451,17 +441,15 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
     if (threadIdx.x < STAGES) {
         mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
-        mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, EMPTY_ARRIVALS);  // empty: consumers
+        mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     if (threadIdx.x < 3 * RBS * CBS) bmax[threadIdx.x] = 0;
     __syncthreads();
-    if constexpr (CLUSTER > 1) cluster_sync();    // the peer's barriers exist before its TMA signals
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
         if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
         produce(base, a_map, b_map, po_map, pq_map, As, Bs, Mp, Np, Kp, pl);
-        if constexpr (CLUSTER > 1) cluster_sync();
         return;
     }
     setmaxnreg_inc<232>();
@@ -474,36 +462,27 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     Stage st{0, 0};
     // A tile's plane stages come before its plain ones (produce); their count is read one tile
     // ahead, across the epilogue.
-    // (CLUSTER = 2 takes no plane: the launcher's rule, as its CTAs' stage counts must agree.)
     int np = plane_stages_of(pl, blockIdx.x, Mp, Np);
-    const int step = gridDim.x / CLUSTER;
-    for (int u = blockIdx.x / CLUSTER, n = 0; u < unit_count(Mp, Np); u += step, ++n) {
+    for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
         int m0, n0;
-        unit_origin(u, Mp, Np, m0, n0);
+        tile_origin(tile, Mp, Np, m0, n0);
         float acc[NACC];
         #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
         if (np && pl.halves == 2) st = consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, st, np, wg * KBS / 2);
         else if (np) st = consume_plane<KBS>(acc, cs, st, np, 0);
         st = consume(acc, cs, st, KT0);
-        np = plane_stages_of(pl, u + step, Mp, Np);
+        np = plane_stages_of(pl, tile + gridDim.x, Mp, Np);
         store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, add, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
                              base, q_map);
     }
     if (OUT_INT8 && ct == 0) bulk_wait_read();        // the C tile must outlive the last store's reads
-    if constexpr (CLUSTER > 1) cluster_sync();        // and the ring the peer's last arrivals
 }
-
-#if CLUSTER > 1
-#define CLUSTER_DIMS __cluster_dims__(CLUSTER, 1, 1)
-#else
-#define CLUSTER_DIMS
-#endif
 
 // p_*: the second plane (struct Plane; p_count = nullptr for none) and the tensor maps of its
 // stages' copies (produce_plane_stage): p_omap, the other operand's K-blocks; p_qmap, q2's blocks
-extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(384, 1)
+extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
                        const float* __restrict__ As, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add,
@@ -515,7 +494,7 @@ gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_con
                  Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
 }
 
-extern "C" __global__ void CLUSTER_DIMS __launch_bounds__(384, 1)
+extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
                       const __grid_constant__ TensorMap q_map, const float* __restrict__ As,
                       const float* __restrict__ Bs, float* q_s, int Mp, int Np, int Kp,
@@ -575,46 +554,26 @@ def _sm_count(device_index):
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _arguments(a, b, args, out_map=(), cluster=1):
-    """A kernel's argument list: the operands' tensor maps (A's box: the rows one CTA of the
-    cluster loads), out_map (the int8 kernel's output map), args, then the fallback plane's."""
+def _arguments(a, b, args, out_map=()):
+    """A kernel's argument list: the operands' tensor maps, out_map (the int8 kernel's output
+    map), args, then the fallback plane's."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    maps = (tile_map(a.q.data_ptr(), Mp, Kp, TILE // cluster), tile_map(b.q.data_ptr(), Np, Kp))
+    maps = (tile_map(a.q.data_ptr(), Mp, Kp), tile_map(b.q.data_ptr(), Np, Kp))
     return maps + out_map + args + plane_args(a, b)
 
 
-def _cluster(a, b, persistent, multicast):
-    """CTAs per cluster for one launch: 2 (each A tile loaded once for two CTAs, TMA multicast)
-    where `multicast` (default: MULTICAST) and the grid is persistent and no operand has a
-    fallback plane (a plane's stage count is per tile, and the pair's must agree); else 1."""
-    if multicast is None:
-        multicast = MULTICAST
-    return 2 if multicast and persistent and not (a.has_plane or b.has_plane) else 1
-
-
-def _launch(name, a, b, args, exact, source, persistent, out_map=(), multicast=None):
+def _launch(name, a, b, args, exact, source, persistent, out_map=()):
     """Launch kernel `name` over the tiles of C = A @ B^T (its arguments: _arguments).
     persistent: one CTA per SM walks the 128 x 128 tiles (else one CTA per tile, the kernel
-    before persistence, kept for A/B timing); multicast: see _cluster."""
+    before persistence, kept for A/B timing)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    cluster = _cluster(a, b, persistent, multicast)
+    tiles = cdiv(Mp, TILE) * cdiv(Np, TILE)
+    grid = (min(tiles, _sm_count(a.q.device.index)) if persistent else tiles,)
     code, defines = _source(a.qblock, Kp, exact, source)
-    kernel = _kernel(name, a.qblock, a.q.device.index, code, defines + (f"CLUSTER={cluster}",))
-    units = cdiv(Mp, TILE) * cdiv(cdiv(Np, TILE), cluster)      # (unit_count in the kernel)
-    if not persistent:
-        grid = units
-    elif cluster == 1:
-        grid = min(units, _sm_count(a.q.device.index))
-    else:
-        grid = cluster * min(units, _max_clusters(kernel, cluster, a.qblock))
-    launch(kernel, (grid,), (THREADS,), _arguments(a, b, args, out_map, cluster),
+    kernel = _kernel(name, a.qblock, a.q.device.index, code, defines)
+    launch(kernel, grid, (THREADS,), _arguments(a, b, args, out_map),
            shared_mem=_smem_bytes(a.qblock))
-
-
-@lru_cache(maxsize=None)
-def _max_clusters(kernel, cluster, qblock):
-    return max_active_clusters(kernel, cluster, THREADS, _smem_bytes(qblock))
 
 
 def float_args(a, b, c, M, N, add=None):
@@ -631,23 +590,19 @@ def float_kernel_args(a, b, c, M, N, add=None):
     return _arguments(a, b, float_args(a, b, c, M, N, add))
 
 
-def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True,
-                 multicast=None):
+def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True):
     """C (M x N fp32 / bf16) = A @ B^T (+ add, fp32: c itself to accumulate, or a residual);
     operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source);
-    persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing);
-    multicast: pairs of CTAs sharing A (_cluster)."""
+    persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing)."""
     _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add), exact, source,
-            persistent, multicast=multicast)
+            persistent)
 
 
-def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persistent=True,
-                multicast=None):
+def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persistent=True):
     """q (Mp x Np int8), s (Mp/QB x Np/QB fp32) = quantize(A @ B^T), RTN or stochastic."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     _launch("gemm_sm90_int8_kernel", a, b,
             (a.s, b.s, s, np.int32(Mp), np.int32(Np), np.int32(Kp),
              np.int32(stochastic), np.uint32(seed), sr_salt(a.q.device)),
-            exact, source, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),),
-            multicast=multicast)
+            exact, source, persistent, out_map=(tile_map(q.data_ptr(), Mp, Np),))

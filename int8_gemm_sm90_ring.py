@@ -59,9 +59,6 @@ SM90_PTX_SRC = r"""
 #ifndef QB
 #define QB 32
 #endif
-#ifndef CLUSTER
-#define CLUSTER 1                            // CTAs per cluster: 1, or 2 sharing A (multicast)
-#endif
 constexpr int BM = 128, BN = 128;            // CTA tile of C; each consumer warpgroup 64 x 128
 constexpr int BK = 128;                      // bytes of K per stage: one 128-byte swizzle row
 constexpr int STAGES = 5;
@@ -77,10 +74,6 @@ constexpr int NACC = BN / 2;                 // accumulators per consumer thread
 constexpr int G = KGROUP;                    // K-blocks per consumer loop iteration: 4, 2, 2
 constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
-static_assert(CLUSTER == 1 || CLUSTER == 2, "CLUSTER must be 1 or 2");
-// empty barriers count every consumer thread (CLUSTER 1) or one arrival per consumer warp of
-// each CTA of the cluster (the ring's slots are refilled by both CTAs' TMA)
-constexpr int EMPTY_ARRIVALS = CLUSTER == 1 ? 256 : 8 * CLUSTER;
 static_assert(BM == 128 && BN == 128 && BK == 128, "the ring's stages are 128 x 128 B tiles");
 // shared memory: [A ring][B ring][C tile][scale ring][full barriers][empty barriers][block absmax]
 constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_C = 2 * STAGES * TILE_BYTES;
@@ -115,31 +108,6 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
                      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
 }
-// Thread-block clusters (CLUSTER = 2): this CTA's rank, a barrier over all threads of the
-// cluster, and an arrival on the mbarrier at the same offset in CTA `rank`'s shared memory
-__device__ __forceinline__ int cta_rank() {
-    if constexpr (CLUSTER == 1) return 0;
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return (int)r;
-}
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// (if `on`: a predicate inside the asm, not a branch around it, which would make the code path
-// divergent in ptxas's eyes and serialise the wgmma in flight around it). The default .cta
-// semantics, as CUTLASS's cluster pipelines arrive: what it orders is the arriving warp's
-// wgmma reads of the slot, done before it arrives, against the TMA writes the producer issues
-// after its wait. (.release.cluster here, with .acquire.cluster on the producer's wait, compiled
-// to a MEMBAR.ALL.GPU per arrival and an L1 invalidation per wait: 3x slower,
-// notes/multicast_ab.log.)
-__device__ __forceinline__ void mbar_arrive_at(unsigned bar, int rank, bool on) {
-    asm volatile("{\n.reg .pred p;\n.reg .b32 r;\nsetp.ne.b32 p, %2, 0;\n"
-                 "mapa.shared::cluster.u32 r, %0, %1;\n"
-                 "@p mbarrier.arrive.shared::cluster.b64 _, [r];\n}\n"
-                 :: "r"(bar), "r"(rank), "r"((int)on) : "memory");
-}
 // TMA: a tensor map (built by the host, tma.py) describes a 2-D int8 array in global memory and
 // the 128 x 128-byte box that one cp.async.bulk.tensor moves into shared memory, swizzled as
 // desc_lo below expects and zero past the array's edges. The copy counts its bytes down on an
@@ -157,14 +125,6 @@ __device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* map, int
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3}], [%4];\n"
                  :: "r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar) : "memory");
-}
-// tma_load into the same offset of every CTA in `mask` (cluster ranks), each counting the bytes on
-// its own mbarrier at bar's offset
-__device__ __forceinline__ void tma_load_multicast(unsigned dst, const TensorMap* map, int k, int row,
-                                                   unsigned bar, unsigned short mask) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-                 ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n"
-                 :: "r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar), "h"(mask) : "memory");
 }
 // src -> the box whose first element is (row, col), clipped at the array's edges; a bulk group
 // of its own, whose reads of src bulk_wait_read waits for
@@ -233,21 +193,11 @@ SM90_PLAIN_STAGES_SRC = r"""// Stages of the plain K loop: Kp / BK rounded up to
 __device__ __forceinline__ int plain_stages(int Kp) {
     return ((Kp + BK - 1) / BK + KT_ROUND - 1) / KT_ROUND * KT_ROUND;
 }
+// The tiles this CTA computes: tile blockIdx.x, then every gridDim.x-th after it (the grid is at
+// most one CTA per SM, so the producer fills the ring for the next tile while the consumers
+// store this one)
 __device__ __forceinline__ int tile_count(int Mp, int Np) {
     return ((Mp + BM - 1) / BM) * ((Np + BN - 1) / BN);
-}
-// The tiles this CTA computes (the grid is at most one CTA per SM, so the producer fills the ring
-// for the next tile while the consumers store this one). A CTA walks *units*: unit
-// blockIdx.x / CLUSTER, then every (gridDim.x / CLUSTER)-th after it, in tile_origin's order.
-// CLUSTER = 1: a unit is a tile. CLUSTER = 2: a unit is two tiles side by side along N, rank r
-// of the cluster computing the r-th (past Np it is all zeros and stores nothing): the two share
-// their A tile, and each CTA loads half of it for both (load_a).
-__device__ __forceinline__ int unit_count(int Mp, int Np) {
-    return ((Mp + BM - 1) / BM) * (((Np + BN - 1) / BN + CLUSTER - 1) / CLUSTER);
-}
-__device__ __forceinline__ void unit_origin(int u, int Mp, int Np, int& m0, int& n0) {
-    tile_origin(u, Mp, ((Np + BN - 1) / BN + CLUSTER - 1) / CLUSTER * BN, m0, n0);
-    n0 = n0 * CLUSTER + cta_rank() * BN;
 }
 """
 
@@ -341,19 +291,6 @@ __device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorM
     cp_async_arrive(full);
 }
 
-// A's 128 x 128-byte box of the stage at slot offset dst: CLUSTER = 1 one TMA copy; CLUSTER = 2
-// this CTA's half of the rows, multicast to both CTAs (the same rows of their slot), so that
-// each CTA's full barrier counts its 32 KB as before, half of A's from each
-__device__ __forceinline__ void load_a(unsigned dst, const TensorMap* map, int k, int m0,
-                                       unsigned bar) {
-    if constexpr (CLUSTER == 1) {
-        tma_load(dst, map, k, m0, bar);
-    } else {
-        const int h = cta_rank() * (BM / CLUSTER);
-        tma_load_multicast(dst + h * BK, map, k, m0 + h, bar, (1u << CLUSTER) - 1);
-    }
-}
-
 // Producer warpgroup, over this CTA's tiles: per plain stage, the A and B tiles (TMA) and, thread
 // t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. The
 // ring's stages are counted over all tiles (g: slot g % STAGES, its phase g / STAGES), so the
@@ -367,9 +304,9 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
     const int t = threadIdx.x, Kb = Kp / QB, KT0 = plain_stages(Kp);
     const unsigned s_dst = base + SMEM_S + 4 * t;
     int g = 0;
-    for (int u = blockIdx.x / CLUSTER; u < unit_count(Mp, Np); u += gridDim.x / CLUSTER) {
+    for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
         int m0, n0;
-        unit_origin(u, Mp, Np, m0, n0);
+        tile_origin(tile, Mp, Np, m0, n0);
         PlaneCopy pc = plane_copy(base, pl, m0, n0);
         bool is_a;
         int blk, j;
@@ -379,11 +316,10 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
         for (int kt = 0; kt < KT0; ++kt, ++g) {
             const int slot = g % STAGES;
             const unsigned full = base + SMEM_BAR + 8 * slot;
-            // (CLUSTER 2: the consumers of both CTAs have freed the slot)
             if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);
             if (t == 0) {                    // one thread moves both 16 KB tiles
                 mbar_expect_tx(full, 2 * TILE_BYTES);
-                load_a(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
+                tma_load(base + slot * TILE_BYTES, a_map, kt * BK, m0, full);
                 tma_load(base + SMEM_B + slot * TILE_BYTES, b_map, kt * BK, n0, full);
             }
             if (t < SCALE_FLOATS) {

@@ -162,31 +162,6 @@ def test_int8_sr_epilogue(qblock):
     assert abs(mean_err.mean().item()) < 0.01                  # and no bias overall
 
 
-@pytest.mark.parametrize("qblock", [32, 64, 128])
-@pytest.mark.parametrize("M,K,N", [(300, 256, 1300), (16384, 256, 640), (4200, 384, 96)])
-def test_multicast_pairs_match_single_ctas(M, K, N, qblock, kernel, monkeypatch):
-    """Pairs of CTAs sharing A's tiles by TMA multicast (int8_gemm_sm90._cluster) write what
-    single CTAs write, bit for bit, in every epilogue: odd tile columns (a pair's second tile
-    past N), more pairs than clusters (each walks several), partial row tiles."""
-    if kernel == "mma":
-        pytest.skip("multicast is the wgmma kernels'")
-    import int8_gemm_sm90
-    torch.manual_seed(M + N + qblock)
-    ta, tb = operand(M, K, qblock), operand(N, K, qblock)
-    res = torch.randn(M, N, device=DEV)
-    outs = {}
-    for multicast in (False, True):
-        monkeypatch.setattr(int8_gemm_sm90, "MULTICAST", multicast)
-        torch.manual_seed(3)
-        outs[multicast] = (gemm_cuda(ta, tb), gemm_cuda(ta, tb, residual=res),
-                           gemm_cuda(ta, tb, out="int8"), gemm_cuda(ta, tb, out="int8_sr"))
-    single, pair = outs[False], outs[True]
-    assert torch.isfinite(pair[0]).all()
-    assert torch.equal(pair[0], single[0]) and torch.equal(pair[1], single[1])
-    for p, s in zip(pair[2:], single[2:]):
-        assert torch.equal(p.q, s.q) and torch.equal(p.s, s.s)
-
-
 def test_dispatch_and_layouts():
     torch.manual_seed(3)
     x, w, dy = (torch.randn(2, 45, 64, device=DEV), torch.randn(96, 64, device=DEV),
