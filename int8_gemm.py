@@ -8,10 +8,9 @@ The math (DESIGN §2). With A (M, K) and B (N, K) quantized in QB x QB blocks,
 
 For each K-block the int8 partial sum is exact; only the rescale into the fp32 accumulator
 rounds (in the reference and the exact kernels as one fp32 multiply-add per K-block; the wgmma
-kernel's default "magic-number" promotion at QB = 32 and 64 trades that for one instruction
-less per element, and lands within about one unit of each K-block's s_A * s_B of it: see
-int8_gemm_sm90.py). |P| <= 128 * 127^2 = 2.06M < 2^24, so the reference may even compute P in fp32 and stay
-exact. Epilogues:
+kernel's default "magic-number" promotion trades that for one instruction less per element,
+and lands within about one unit of each K-block's s_A * s_B of it: see int8_gemm_sm90.py).
+|P| <= 128 * 127^2 = 2.06M < 2^24, so the reference may even compute P in fp32 and stay exact. Epilogues:
     out='float'    C in fp32 or bf16, or added into an existing fp32 tensor (`accumulate`), or
                    added to an fp32 residual into a new tensor (`residual`: x + Y, the block's
                    residual stream, with no separate add kernel)
@@ -182,9 +181,9 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
     one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks,
     promoted exactly; gemm() picks the kernel for that: plane_kernel).
-    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion at
-    QB = 32 and 64, within about one unit of each K-block's scale product of the exact sums:
-    int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
+    kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion
+    where K splits into its K-groups, within about one unit of each K-block's scale product of
+    the exact sums: int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
     (ping-pong, exact)."""
     check_gemm(a, b, out, out_dtype, accumulate, residual)
     if kernel not in KERNELS:

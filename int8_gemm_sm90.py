@@ -44,9 +44,10 @@ Two promotions, one K loop each (consume()); _source() picks one per launch:
                                   K-block, bit for bit the reference's rounding order but for FMA
   magic (SM90_CONSUME_MAGIC_SRC)  D is seeded with the bits of 1.5 * 2^23, so that it *is* a float
                                   and acc = fma(coef, D, acc) needs no conversion (its comment
-                                  derives it); the default at QB = 32 and 64 when K splits into
-                                  groups of 256 or 512. Error: about one unit of the largest
-                                  s_A s_B in the group per K-block (~4e-5 relative on random
+                                  derives it); the default where K splits into its groups
+                                  of K-blocks (512 of K at QB = 128, 256 or 512 at 32 and 64).
+                                  Error: about one unit of the largest s_A s_B in the group
+                                  per K-block (~4e-5 relative on random
                                   data, 100x below what int8 rounding of the operands costs; an
                                   outlier block sets the unit for its group: 7e-4 on GLU-like
                                   data, notes/fallback_ab.log).
@@ -528,14 +529,16 @@ def _kernel(name, qblock, device_index, source, defines=()):
 
 
 def _source(qblock, Kp, exact, source):
-    """(CUDA source, extra defines) for one launch. The magic-number promotion (SM90_MAGIC_SRC)
-    where it pays, QB = 32 and 64 (QB = 128 promotes rarely enough that it gains 2-3%), with the
-    largest K-group that splits Kp without zero padding (each D buffer sums at most 256 of K);
-    otherwise, or when exact=True, the exact one. `source` (the ping-pong variant's) overrides."""
+    """(CUDA source, extra defines) for one launch. The magic-number promotion (SM90_MAGIC_SRC),
+    with the largest K-group that splits Kp without zero padding (each D buffer sums at most 256
+    of K: 16 or 8 K-blocks at QB = 32, 8 or 4 at 64, 4 at 128); otherwise, or when exact=True,
+    the exact one. At QB = 128 magic with groups of 4 takes 0.98x the exact kernel's time (median
+    of 36 shapes, 0.91-1.03x; groups of 2 take 1.13x: notes/kgroup_ab.log). `source` (the
+    ping-pong variant's) overrides."""
     if source is not None:
         return source, ()
-    if not exact and qblock in (32, 64):
-        for group in ((16, 8) if qblock == 32 else (8, 4)):
+    if not exact:
+        for group in {32: (16, 8), 64: (8, 4), 128: (4,)}[qblock]:
             if Kp % (group * qblock) == 0:
                 return SM90_MAGIC_SRC, (f"KGROUP={group}",)
     return SM90_SRC, ()

@@ -117,6 +117,33 @@ __device__ __forceinline__ u32 pack4(u32 a, u32 b, u32 c, u32 d) {
     return __byte_perm(__byte_perm(a, b, 0x0040u), __byte_perm(c, d, 0x0040u), 0x5410u);
 }
 
+// The transposed copy of a block, through shared memory: a group's tile holds its block's
+// bytes row by row (+1 word per row: fewer bank conflicts on the column reads). tile_put puts
+// a thread's unit i (16 bytes: row rr + i HALF, columns cc..cc+15 of the block) in; after a
+// __syncthreads, tile_store_t reads the block's columns rr and rr + HALF down rows cc..cc+15
+// and writes them as 16-byte units of block (bj, bi) of qt (Cp x Rp).
+typedef u32 Tile[QB][QB / 4 + 1];
+__device__ __forceinline__ void tile_put(Tile& tile, int rr, int cc, int i, uint4 p) {
+    u32* row = &tile[rr + i * HALF][cc / 4];
+    row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
+}
+__device__ __forceinline__ void tile_store_t(const Tile& tile, i8* qt, int bi, int bj, int Rp,
+                                             int rr, int cc, bool live) {
+    const unsigned char* tb = (const unsigned char*)&tile[0][0];
+    const int stride = 4 * (QB / 4 + 1);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int col = rr + i * HALF;                           // a column of the block ...
+        u32 w[4];                                                // ... read down 16 of its rows
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+            w[m] = pack4(tb[(cc + 4 * m) * stride + col], tb[(cc + 4 * m + 1) * stride + col],
+                         tb[(cc + 4 * m + 2) * stride + col], tb[(cc + 4 * m + 3) * stride + col]);
+        if (live) *(uint4*)(qt + (long long)(bj * QB + col) * Rp + bi * QB + cc) =
+            make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
 // counter-based RNG: a bijective 32-bit mix (Wellons' lowbias32)
 __device__ __forceinline__ u32 hash32(u32 x) {
     x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
@@ -212,7 +239,7 @@ quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
     __shared__ float red[NT / 32];
     if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
 #if TRANS
-    __shared__ __align__(16) u32 tile[GPC][QB][QB / 4 + 1];      // +1 word: fewer bank conflicts
+    __shared__ __align__(16) Tile tile[GPC];
 #endif
     const int g = threadIdx.x / G, t = threadIdx.x % G;
     const long long b = (long long)blockIdx.x * GPC + g;         // this group's block
@@ -241,27 +268,13 @@ quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
         const uint4 p = quant16(v[i], inv, SR, key);
         if (live && TRANS != 2) *(uint4*)(q + (long long)r * Cp + c) = p;
 #if TRANS
-        u32* row = &tile[g][rr + i * HALF][cc / 4];
-        row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
+        tile_put(tile[g], rr, cc, i, p);
 #endif
     }
     if (live && t == 0 && TRANS != 2) s[(long long)bi * Cb + bj] = sc;
 #if TRANS
-    const int Rp = Rb * QB;
     __syncthreads();
-    const unsigned char* tb = (const unsigned char*)&tile[g][0][0];
-    const int stride = 4 * (QB / 4 + 1);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int col = rr + i * HALF;                           // a column of the block ...
-        u32 w[4];                                                // ... read down 16 of its rows
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-            w[m] = pack4(tb[(cc + 4 * m) * stride + col], tb[(cc + 4 * m + 1) * stride + col],
-                         tb[(cc + 4 * m + 2) * stride + col], tb[(cc + 4 * m + 3) * stride + col]);
-        if (live) *(uint4*)(qt + (long long)(bj * QB + col) * Rp + bi * QB + cc) =
-            make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    tile_store_t(tile[g], qt, bi, bj, Rb * QB, rr, cc, live);
     if (live && t == 0) st[(long long)bj * Rb + bi] = sc;
 #endif
 }
@@ -321,33 +334,19 @@ TRANSPOSE_SRC = COMMON + r"""
 extern "C" __global__ void __launch_bounds__(NT)
 transpose_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Rb, int Cb,
                  i8* __restrict__ qt, float* __restrict__ st) {
-    __shared__ __align__(16) u32 tile[GPC][QB][QB / 4 + 1];
+    __shared__ __align__(16) Tile tile[GPC];
     const int g = threadIdx.x / G, t = threadIdx.x % G;
     const long long b = (long long)blockIdx.x * GPC + g;
     const bool live = b < (long long)Rb * Cb;
     const int bi = live ? (int)(b / Cb) : 0, bj = live ? (int)(b % Cb) : 0;
-    const int rr = t / TPR, cc = (t % TPR) * 16, Cp = Cb * QB, Rp = Rb * QB;
+    const int rr = t / TPR, cc = (t % TPR) * 16, Cp = Cb * QB;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const uint4 p = live ? __ldcs((const uint4*)(q + (long long)(bi * QB + rr + i * HALF) * Cp
-                                                     + bj * QB + cc)) : make_uint4(0, 0, 0, 0);
-        u32* row = &tile[g][rr + i * HALF][cc / 4];
-        row[0] = p.x; row[1] = p.y; row[2] = p.z; row[3] = p.w;
-    }
+    for (int i = 0; i < 2; ++i)
+        tile_put(tile[g], rr, cc, i,
+                 live ? __ldcs((const uint4*)(q + (long long)(bi * QB + rr + i * HALF) * Cp
+                                              + bj * QB + cc)) : make_uint4(0, 0, 0, 0));
     __syncthreads();
-    const unsigned char* tb = (const unsigned char*)&tile[g][0][0];
-    const int stride = 4 * (QB / 4 + 1);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int col = rr + i * HALF;
-        u32 w[4];
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-            w[m] = pack4(tb[(cc + 4 * m) * stride + col], tb[(cc + 4 * m + 1) * stride + col],
-                         tb[(cc + 4 * m + 2) * stride + col], tb[(cc + 4 * m + 3) * stride + col]);
-        if (live) *(uint4*)(qt + (long long)(bj * QB + col) * Rp + bi * QB + cc) =
-            make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    tile_store_t(tile[g], qt, bi, bj, Rb * QB, rr, cc, live);
     if (live && t == 0) st[(long long)bj * Rb + bi] = s[b];
 }
 """
