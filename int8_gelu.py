@@ -161,58 +161,46 @@ def _plain_cuda(*ts):
             and on_cuda(*(t.q for t in ts)))
 
 
-def _pair(out, with_t, out_t=None):
-    """out, or with_t the pair (out, out.t()): out_t where a kernel wrote it (a plane attached
-    to out afterwards needs QTensor.t(), which carries it along)."""
-    if not with_t:
-        return out
-    return out, (out_t if out_t is not None and not out.has_fallback else out.t())
-
-
-def gelu_fwd(h_q, fallback=None, with_t=False):
+def gelu_fwd(h_q, fallback=None):
     """fallback=(rule, threshold) gives the output's outlier blocks a second plane; on CUDA the
-    kernel writes the plain int8 output and gelu is recomputed for the flagged blocks alone.
-    with_t: (g_q, g_q.t()), the transpose (the weight gradient's operand) written by the same
-    kernel where there is no plane (the same for the other three ops)."""
+    kernel writes the plain int8 output and gelu is recomputed for the flagged blocks alone."""
     _check_q(h_q)
     if plane_from_scales(fallback) and _plain_cuda(h_q):
         from int8_gelu_cuda import gelu_fwd_cuda
-        g_q, g_qt = gelu_fwd_cuda(h_q, with_t=True) if with_t and fallback is None \
-            else (gelu_fwd_cuda(h_q), None)
+        g_q = gelu_fwd_cuda(h_q)
         if fallback is not None:
             h_blocks = dequantized_blocks(h_q)
             attach_plane(g_q, fallback, lambda bi, bj: gelu_tanh(h_blocks(bi, bj)),
                          "gelu", x=h_q.q, xs=h_q.s)
-        return _pair(g_q, with_t, g_qt)
-    return _pair(gelu_fwd_ref(h_q, fallback), with_t)
+        return g_q
+    return gelu_fwd_ref(h_q, fallback)
 
 
-def gelu_bwd(dg, h_q, stochastic=True, generator=None, with_t=False):
+def gelu_bwd(dg, h_q, stochastic=True, generator=None):
     _check_q(h_q)
     if _plain_cuda(dg, h_q) and dg.shape == h_q.shape and dg.qblock == h_q.qblock:
         from int8_gelu_cuda import gelu_bwd_cuda
-        return gelu_bwd_cuda(dg, h_q, stochastic, generator, with_t)
-    return _pair(gelu_bwd_ref(dg, h_q, stochastic, generator), with_t)
+        return gelu_bwd_cuda(dg, h_q, stochastic, generator)
+    return gelu_bwd_ref(dg, h_q, stochastic, generator)
 
 
-def swiglu_fwd(h_q, fallback=None, with_t=False):
+def swiglu_fwd(h_q, fallback=None):
     H = _swiglu_split(h_q)
     if plane_from_scales(fallback) and _plain_cuda(h_q):
         from int8_gelu_cuda import swiglu_fwd_cuda
-        g_q, g_qt = swiglu_fwd_cuda(h_q, with_t=True) if with_t and fallback is None \
-            else (swiglu_fwd_cuda(h_q), None)
+        g_q = swiglu_fwd_cuda(h_q)
         if fallback is not None:           # output block (i, j): gate block (i, j), up (i, j + Hb)
             h_blocks, Hb = dequantized_blocks(h_q), H // h_q.qblock
             attach_plane(g_q, fallback, lambda bi, bj: torch.nn.functional.silu(
                 h_blocks(bi, bj)) * h_blocks(bi, bj + Hb), "swiglu", x=h_q.q, xs=h_q.s)
-        return _pair(g_q, with_t, g_qt)
-    return _pair(swiglu_fwd_ref(h_q, fallback), with_t)
+        return g_q
+    return swiglu_fwd_ref(h_q, fallback)
 
 
-def swiglu_bwd(dg, h_q, stochastic=True, generator=None, with_t=False):
+def swiglu_bwd(dg, h_q, stochastic=True, generator=None):
     H = _swiglu_split(h_q)
     if (_plain_cuda(dg, h_q) and dg.shape == h_q.shape[:-1] + (H,)
             and dg.qblock == h_q.qblock):
         from int8_gelu_cuda import swiglu_bwd_cuda
-        return swiglu_bwd_cuda(dg, h_q, stochastic, generator, with_t)
-    return _pair(swiglu_bwd_ref(dg, h_q, stochastic, generator), with_t)
+        return swiglu_bwd_cuda(dg, h_q, stochastic, generator)
+    return swiglu_bwd_ref(dg, h_q, stochastic, generator)

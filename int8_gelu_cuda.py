@@ -110,21 +110,13 @@ __device__ __forceinline__ uint4 quant16_fast(const float v[16], float mul, u32 
                       pack4(b[8], b[9], b[10], b[11]), pack4(b[12], b[13], b[14], b[15]));
 }
 
-// Where an op's output goes: q (Rp, ncol) and its scales s; with TRANS (-D), also the
-// transposed copy qt (ncol, Rp) and st, for the weight-gradient GEMM that reads it (bytes for
-// bytes what QTensor.t() would make of q, without the second pass)
-struct Out { i8* q; float* s; i8* qt; float* st; int Rp; };
-
-// Quantize block (bi, bj) of an (Rp, ncol) output whose values are v * so: v this thread's
+// Quantize block (bi, bj) of an (Rb*QB, ncol) output whose values are v * so: v this thread's
 // 32 values, amax their absmax (NaN if one is NaN), so an input scale the kernel kept out of
 // v (one multiply per block instead of one per value). Every thread of the CTA must call it.
-__device__ __forceinline__ void store_block(const float v[2][16], float amax, float so,
-                                            const Out& o, int bi, int bj, int ncol, int t,
+__device__ __forceinline__ void store_block(const float v[2][16], float amax, float so, i8* q,
+                                            float* s, int bi, int bj, int ncol, int t,
                                             bool live, float* red, u32 seed_lo, u32 seed_hi,
                                             int* flag) {
-#if TRANS
-    __shared__ __align__(16) Tile tile[GPC];
-#endif
     amax = group_max(amax <= FLT_BIG ? amax : __int_as_float(0x7f800000), red);
     const float a = amax * so;                               // the output block's absmax
     const bool bad = !(a <= FLT_BIG);                        // NaN/Inf: scale NaN, flag set
@@ -140,19 +132,10 @@ __device__ __forceinline__ void store_block(const float v[2][16], float amax, fl
         const u32 key = SR ? unit_key((u32)((long long)row * (ncol / 16) + c / 16), seed_lo, seed_hi)
                            : 0u;
         const uint4 p = quant16_fast(v[i], mul, key);
-        if (live) __stcs((uint4*)(o.q + (long long)row * ncol + c), p);
-#if TRANS
-        tile_put(tile[threadIdx.x / G], t / TPR, (t % TPR) * 16, i, p);
-#endif
+        if (live) __stcs((uint4*)(q + (long long)row * ncol + c), p);
     }
-    const float scale = bad ? __int_as_float(0x7fffffff) : __fdiv_rn(a, 127.0f);
-    if (live && t == 0) o.s[(long long)bi * (ncol / QB) + bj] = scale;
-#if TRANS
-    __syncthreads();                                         // the block is in the tile
-    tile_store_t(tile[threadIdx.x / G], o.qt, bi, bj, o.Rp, t / TPR, (t % TPR) * 16, live);
-    if (live && t == 0) o.st[(long long)bj * (o.Rp / QB) + bi] = scale;
-    if (QB == 32) __syncwarp();      // read before the next block's tile_put (QB > 32: the
-#endif                               // next group_max's barrier sees to it)
+    if (live && t == 0)
+        s[(long long)bi * (ncol / QB) + bj] = bad ? __int_as_float(0x7fffffff) : __fdiv_rn(a, 127.0f);
 }
 
 // block b of an Rb x Cb grid as (bi, bj), and whether it exists; (0, 0) past the end, which
@@ -201,7 +184,7 @@ GELU_SRC = BLOCK_SRC + r"""
 
 // g = gelu(h) = h r: h, g (Rb*QB, Cb*QB)
 struct GeluFwd {
-    const i8* hq; const float* hs; Out g; int Cb; int* flag;
+    const i8* hq; const float* hs; i8* gq; float* gs; int Cb; int* flag;
     struct In { u32 h[2][4]; float sh; };
     __device__ void load(int bi, int bj, int t, In& in) const {
         load_units(hq, bi, bj, Cb * QB, t, in.h);
@@ -217,13 +200,13 @@ struct GeluFwd {
                 v[i][k] = h * sigmoid2(h * fmaf(GELU_P * GELU_C, h * h, GELU_P));
                 amax = max_nan(amax, fabsf(v[i][k]));
             }
-        store_block(v, amax, 1.0f, g, bi, bj, Cb * QB, t, live, red, 0u, 0u, flag);
+        store_block(v, amax, 1.0f, gq, gs, bi, bj, Cb * QB, t, live, red, 0u, 0u, flag);
     }
 };
 
 // dh = dg gelu'(h) = dg r (1 + (1 - r) h 2u'(h)): all three (Rb*QB, Cb*QB)
 struct GeluBwd {
-    const i8* dgq; const float* dgs; const i8* hq; const float* hs; Out dh;
+    const i8* dgq; const float* dgs; const i8* hq; const float* hs; i8* dhq; float* dhs;
     int Cb; u32 seed_lo, seed_hi; int* flag;
     struct In { u32 h[2][4], dg[2][4]; float sh, sg; };
     __device__ void load(int bi, int bj, int t, In& in) const {
@@ -246,13 +229,13 @@ struct GeluBwd {
                 v[i][k] = __fmul_rn(val(in.dg[i], k), in.sg) * d;
                 amax = max_nan(amax, fabsf(v[i][k]));
             }
-        store_block(v, amax, 1.0f, dh, bi, bj, Cb * QB, t, live, red, seed_lo, seed_hi, flag);
+        store_block(v, amax, 1.0f, dhq, dhs, bi, bj, Cb * QB, t, live, red, seed_lo, seed_hi, flag);
     }
 };
 
 // g = silu(gate) * up: h = [gate | up] (Rb*QB, 2*Hb*QB), g (Rb*QB, Hb*QB); Cb = Hb here
 struct SwigluFwd {
-    const i8* hq; const float* hs; Out g; int Hb; int* flag;
+    const i8* hq; const float* hs; i8* gq; float* gs; int Hb; int* flag;
     struct In { u32 x[2][4], u[2][4]; float sx, su; };
     __device__ void load(int bi, int bj, int t, In& in) const {
         load_units(hq, bi, bj, 2 * Hb * QB, t, in.x);
@@ -270,7 +253,7 @@ struct SwigluFwd {
                 v[i][k] = x * sigmoid2(-LOG2E * x) * __fmul_rn(val(in.u[i], k), in.su);
                 amax = max_nan(amax, fabsf(v[i][k]));
             }
-        store_block(v, amax, 1.0f, g, bi, bj, Hb * QB, t, live, red, 0u, 0u, flag);
+        store_block(v, amax, 1.0f, gq, gs, bi, bj, Hb * QB, t, live, red, 0u, 0u, flag);
     }
 };
 
@@ -278,7 +261,7 @@ struct SwigluFwd {
 // dg (Rb*QB, Hb*QB), h and dh (Rb*QB, 2*Hb*QB). Rounding-tolerant (SR), so the three input
 // scales stay out of the per-value math: d_gate / (s_dg s_up) and d_up / s_dg are quantized.
 struct SwigluBwd {
-    const i8* dgq; const float* dgs; const i8* hq; const float* hs; Out dh;
+    const i8* dgq; const float* dgs; const i8* hq; const float* hs; i8* dhq; float* dhs;
     int Hb; u32 seed_lo, seed_hi; int* flag;
     struct In { u32 x[2][4], u[2][4], dg[2][4]; float sx, su, sg; };
     __device__ void load(int bi, int bj, int t, In& in) const {
@@ -303,45 +286,39 @@ struct SwigluBwd {
                 au = max_nan(au, fabsf(du[i][k]));
             }
         const int ncol = 2 * Hb * QB;
-        store_block(dx, ax, in.sg * in.su, dh, bi, bj, ncol, t, live, red, seed_lo, seed_hi, flag);
-        store_block(du, au, in.sg, dh, bi, bj + Hb, ncol, t, live, red, seed_lo, seed_hi, flag);
+        store_block(dx, ax, in.sg * in.su, dhq, dhs, bi, bj, ncol, t, live, red, seed_lo, seed_hi, flag);
+        store_block(du, au, in.sg, dhq, dhs, bi, bj + Hb, ncol, t, live, red, seed_lo, seed_hi, flag);
     }
 };
 
 extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 gelu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Cb,
-                i8* __restrict__ gq, float* __restrict__ gs, i8* __restrict__ gqt,
-                float* __restrict__ gst, int* flag) {
-    walk(GeluFwd{hq, hs, Out{gq, gs, gqt, gst, Rb * QB}, Cb, flag}, Rb, Cb);
+                i8* __restrict__ gq, float* __restrict__ gs, int* flag) {
+    walk(GeluFwd{hq, hs, gq, gs, Cb, flag}, Rb, Cb);
 }
 
 extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 gelu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                 const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Cb,
-                i8* __restrict__ dhq, float* __restrict__ dhs, i8* __restrict__ dhqt,
-                float* __restrict__ dhst, u32 seed_lo, u32 seed_hi,
+                i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
                 const u32* __restrict__ salt, int* flag) {
     if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
-    walk(GeluBwd{dgq, dgs, hq, hs, Out{dhq, dhs, dhqt, dhst, Rb * QB}, Cb, seed_lo, seed_hi, flag},
-         Rb, Cb);
+    walk(GeluBwd{dgq, dgs, hq, hs, dhq, dhs, Cb, seed_lo, seed_hi, flag}, Rb, Cb);
 }
 
 extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 swiglu_fwd_kernel(const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Hb,
-                  i8* __restrict__ gq, float* __restrict__ gs, i8* __restrict__ gqt,
-                  float* __restrict__ gst, int* flag) {
-    walk(SwigluFwd{hq, hs, Out{gq, gs, gqt, gst, Rb * QB}, Hb, flag}, Rb, Hb);
+                  i8* __restrict__ gq, float* __restrict__ gs, int* flag) {
+    walk(SwigluFwd{hq, hs, gq, gs, Hb, flag}, Rb, Hb);
 }
 
 extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 swiglu_bwd_kernel(const i8* __restrict__ dgq, const float* __restrict__ dgs,
                   const i8* __restrict__ hq, const float* __restrict__ hs, int Rb, int Hb,
-                  i8* __restrict__ dhq, float* __restrict__ dhs, i8* __restrict__ dhqt,
-                  float* __restrict__ dhst, u32 seed_lo, u32 seed_hi,
-                  const u32* __restrict__ salt, int* flag) {
+                  i8* __restrict__ dhq, float* __restrict__ dhs, u32 seed_lo, u32 seed_hi,
+                const u32* __restrict__ salt, int* flag) {
     if (SR) { seed_lo ^= salt[0]; seed_hi ^= salt[1]; }      // (sr_salt: CUDA graph replays)
-    walk(SwigluBwd{dgq, dgs, hq, hs, Out{dhq, dhs, dhqt, dhst, Rb * QB}, Hb, seed_lo, seed_hi, flag},
-         Rb, Hb);
+    walk(SwigluBwd{dgq, dgs, hq, hs, dhq, dhs, Hb, seed_lo, seed_hi, flag}, Rb, Hb);
 }
 """
 
@@ -361,30 +338,22 @@ def launch_config(op, qblock):
     return QB128_CONFIG[op] if qblock == 128 else (BLOCKS_PER_GROUP[op], 1)
 
 
-def _launch(op, qblock, device, n_blocks, args, stochastic=False, with_t=False):
+def _launch(op, qblock, device, n_blocks, args, stochastic=False):
     """Run op's kernel over n_blocks output blocks, one group of G threads per BPG blocks."""
     bpg, min_ctas = launch_config(op, qblock)
     assert n_blocks + 4 * bpg < 2**31, f"{n_blocks} blocks: the kernels count blocks in int32"
     kernel = get_kernel(GELU_SRC, f"{op}_kernel",
                         (f"QB={qblock}", f"SR={int(stochastic)}", f"BPG={bpg}",
-                         f"MIN_CTAS={min_ctas}", f"TRANS={int(with_t)}"), device)
+                         f"MIN_CTAS={min_ctas}"), device)
     launch(kernel, block_grid(-(-n_blocks // bpg), qblock), (threads(qblock),), args)
 
 
-def _out_like(h_q, ncol, shape, with_t):
-    """The output QTensor (rows of h_q, ncol), and its transpose where with_t (else None);
-    the kernel's q, s, qt, st arguments."""
-    QB, dev = h_q.qblock, h_q.device
+def _out_like(h_q, ncol, shape):
+    QB = h_q.qblock
     R = h_q.q.shape[0]
-    out = QTensor(torch.empty(R, ncol, dtype=torch.int8, device=dev),
-                  torch.empty(R // QB, ncol // QB, dtype=torch.float32, device=dev),
-                  torch.Size(shape), QB)
-    if not with_t:
-        return out, None, (out.q, out.s, np.uint64(0), np.uint64(0))
-    out_t = QTensor(torch.empty(ncol, R, dtype=torch.int8, device=dev),
-                    torch.empty(ncol // QB, R // QB, dtype=torch.float32, device=dev),
-                    torch.Size((out.cols, out.rows)), QB)
-    return out, out_t, (out.q, out.s, out_t.q, out_t.s)
+    q = torch.empty(R, ncol, dtype=torch.int8, device=h_q.device)
+    s = torch.empty(R // QB, ncol // QB, dtype=torch.float32, device=h_q.device)
+    return QTensor(q, s, torch.Size(shape), QB)
 
 
 def _check_grad(dg_q, h_q, q_shape, shape):
@@ -395,65 +364,59 @@ def _check_grad(dg_q, h_q, q_shape, shape):
         f"dg has shape {tuple(dg_q.shape)} (padded {tuple(dg_q.q.shape)}), expected {tuple(shape)}"
 
 
-def gelu_fwd_cuda(h_q, with_t=False):
-    """h_q QTensor (CUDA) -> g_q = quantize(gelu(h)) (RTN), same logical shape; with_t: the
-    pair (g_q, g_q.t()), the transpose written by the same kernel."""
+def gelu_fwd_cuda(h_q):
+    """h_q QTensor (CUDA) -> g_q = quantize(gelu(h)) (RTN), same logical shape."""
     check_qtensor(h_q, "h_q")
     QB = h_q.qblock
     Rb, Cb = h_q.s.shape
-    out, out_t, dst = _out_like(h_q, Cb * QB, h_q.shape, with_t)
+    out = _out_like(h_q, Cb * QB, h_q.shape)
     _launch("gelu_fwd", QB, h_q.device, Rb * Cb,
-            (h_q.q, h_q.s, np.int32(Rb), np.int32(Cb), *dst, nonfinite_flag(h_q.device)),
-            with_t=with_t)
+            (h_q.q, h_q.s, np.int32(Rb), np.int32(Cb), out.q, out.s, nonfinite_flag(h_q.device)))
     after_launch(h_q.device, "h_q")
-    return (out, out_t) if with_t else out
+    return out
 
 
-def gelu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None, with_t=False):
-    """dg_q, h_q QTensors (CUDA, same shape) -> dh_q = quantize(dg * gelu'(h)), SR by default
-    (with_t: (dh_q, dh_q.t()) from one kernel)."""
+def gelu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None):
+    """dg_q, h_q QTensors (CUDA, same shape) -> dh_q = quantize(dg * gelu'(h)), SR by default."""
     check_qtensor(h_q, "h_q")
     _check_grad(dg_q, h_q, tuple(h_q.q.shape), h_q.shape)
     QB = h_q.qblock
     Rb, Cb = h_q.s.shape
-    out, out_t, dst = _out_like(h_q, Cb * QB, h_q.shape, with_t)
+    out = _out_like(h_q, Cb * QB, h_q.shape)
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     _launch("gelu_bwd", QB, h_q.device, Rb * Cb,
-            (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Cb), *dst, *seed,
-             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic, with_t)
+            (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Cb), out.q, out.s, *seed,
+             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic)
     after_launch(h_q.device, "dg")
-    return (out, out_t) if with_t else out
+    return out
 
 
-def swiglu_fwd_cuda(h_q, with_t=False):
-    """h_q = [gate | up] QTensor (CUDA, (..., 2H), H % QB == 0) -> g_q (..., H), RTN
-    (with_t: (g_q, g_q.t()) from one kernel)."""
+def swiglu_fwd_cuda(h_q):
+    """h_q = [gate | up] QTensor (CUDA, (..., 2H), H % QB == 0) -> g_q (..., H), RTN."""
     check_qtensor(h_q, "h_q")
     QB = h_q.qblock
     assert h_q.cols % (2 * QB) == 0, f"SwiGLU needs each half a multiple of {QB}, got {h_q.cols}"
     Rb, Cb = h_q.s.shape
     Hb = Cb // 2
-    out, out_t, dst = _out_like(h_q, Hb * QB, h_q.shape[:-1] + (h_q.cols // 2,), with_t)
+    out = _out_like(h_q, Hb * QB, h_q.shape[:-1] + (h_q.cols // 2,))
     _launch("swiglu_fwd", QB, h_q.device, Rb * Hb,
-            (h_q.q, h_q.s, np.int32(Rb), np.int32(Hb), *dst, nonfinite_flag(h_q.device)),
-            with_t=with_t)
+            (h_q.q, h_q.s, np.int32(Rb), np.int32(Hb), out.q, out.s, nonfinite_flag(h_q.device)))
     after_launch(h_q.device, "h_q")
-    return (out, out_t) if with_t else out
+    return out
 
 
-def swiglu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None, with_t=False):
-    """dg_q (..., H), h_q (..., 2H) QTensors (CUDA) -> dh_q = [d_gate | d_up] (..., 2H), SR
-    (with_t: (dh_q, dh_q.t()) from one kernel)."""
+def swiglu_bwd_cuda(dg_q, h_q, stochastic=True, generator=None):
+    """dg_q (..., H), h_q (..., 2H) QTensors (CUDA) -> dh_q = [d_gate | d_up] (..., 2H), SR."""
     check_qtensor(h_q, "h_q")
     QB = h_q.qblock
     assert h_q.cols % (2 * QB) == 0, f"SwiGLU needs each half a multiple of {QB}, got {h_q.cols}"
     Rb, Cb = h_q.s.shape
     Hb = Cb // 2
     _check_grad(dg_q, h_q, (Rb * QB, Hb * QB), h_q.shape[:-1] + (h_q.cols // 2,))
-    out, out_t, dst = _out_like(h_q, Cb * QB, h_q.shape, with_t)
+    out = _out_like(h_q, Cb * QB, h_q.shape)
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     _launch("swiglu_bwd", QB, h_q.device, Rb * Hb,
-            (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Hb), *dst, *seed,
-             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic, with_t)
+            (dg_q.q, dg_q.s, h_q.q, h_q.s, np.int32(Rb), np.int32(Hb), out.q, out.s, *seed,
+             sr_salt(h_q.device), nonfinite_flag(h_q.device)), stochastic)
     after_launch(h_q.device, "dg")
-    return (out, out_t) if with_t else out
+    return out

@@ -120,17 +120,14 @@ class Int8Spec:
         return (*rmsnorm_bwd(dy_q, xhat_q, rstd, w, dres), None)
 
     def act_fwd(self, h_q):
-        """(G, G^T): the down projection's input and its weight gradient's operand, written by
-        one kernel (with a fallback plane, G^T comes from a transpose)."""
         act = gelu_fwd if self.mlp == "gelu" else swiglu_fwd
         name = f"{self.name}.mlp.c_proj"
-        g_q, g_qt = act(h_q, fallback=self.fb.spec_for(name), with_t=True)
+        g_q = act(h_q, fallback=self.fb.spec_for(name))
         self.fb.record(name, g_q)
-        return g_q, g_qt
+        return g_q
 
     def act_bwd(self, dg_q, h_q):
-        """(dH, dH^T), the dgrad and the wgrad GEMM's operands, from one kernel."""
-        return (gelu_bwd if self.mlp == "gelu" else swiglu_bwd)(dg_q, h_q, with_t=True)
+        return (gelu_bwd if self.mlp == "gelu" else swiglu_bwd)(dg_q, h_q)
 
     def quantize_grad(self, dy, what):
         """Output gradients: stochastic rounding, as (dY, dY^T), the dgrad and the wgrad GEMM's
@@ -218,31 +215,31 @@ class NormMLPResidual(torch.autograd.Function):
         proj_q = quantize(w_proj, spec.qblock)                           # (C, H) int8
         # --- GEMM: H = A @ W_fc^T (int8 out) ---
         h_q = linear_fwd(a_q, fc_q, out="int8")                          # (B, T, H or 2H)
-        g_q, g_qt = spec.act_fwd(h_q)                                    # (B, T, H) int8, ^T
+        g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
         # --- GEMM: out = x + G @ W_proj^T (x added by the epilogue) ---
         out = linear_fwd(g_q, proj_q, residual=x)                        # (B, T, C) fp32
-        save_q(ctx, a_q, xhat_q, h_q, g_qt, rstd, ln_w, w_fc, w_proj)   # G^T: all backward needs
+        save_q(ctx, a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj)
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        a_q, xhat_q, h_q, g_qt, rstd, ln_w, w_fc, w_proj = load_q(ctx)
+        a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj = load_q(ctx)
         spec = ctx.spec
         fc_qt, proj_qt = requantize_t(w_fc, spec), requantize_t(w_proj, spec)   # W^T, int8
         dout_q, dout_qt = spec.quantize_grad(dout, "mlp.c_proj")         # (B, T, C) int8, ^T
         # --- GEMM: dG = dout @ W_proj ---
         dg_q = linear_dgrad_t(dout_q, proj_qt, out="int8_sr")            # (B, T, H) int8
         # --- GEMM: dW_proj = dout^T @ G ---
-        dw_proj = spec.wgrad(dout_qt, g_qt, w_proj)                      # (C, H) fp32
+        dw_proj = spec.wgrad(dout_qt, g_q.t(), w_proj)                   # (C, H) fp32
         del dout_q, dout_qt   # (each transient is dropped once used: the backward's peak)
-        dh_q, dh_qt = spec.act_bwd(dg_q, h_q)                            # (B, T, H or 2H), ^T
+        dh_q = spec.act_bwd(dg_q, h_q)                                   # (B, T, H or 2H)
         del dg_q
         # --- GEMM: dA = dH @ W_fc ---
         da_q = linear_dgrad_t(dh_q, fc_qt, out="int8_sr")                # (B, T, C) int8
         # --- GEMM: dW_fc = dH^T @ A ---
-        dw_fc = spec.wgrad(dh_qt, a_q.t(), w_fc)                         # (H or 2H, C) fp32
-        del dh_q, dh_qt
+        dw_fc = spec.wgrad(dh_q.t(), a_q.t(), w_fc)                      # (H or 2H, C) fp32
+        del dh_q
         # dx + dout (the residual's path), in one kernel
         dx, dln_w, dln_b = spec.norm_bwd(da_q, xhat_q, rstd, ln_w, ctx.has_bias, dout)
         return dx, dln_w, dln_b, dw_fc, dw_proj, None

@@ -133,26 +133,6 @@ def test_swiglu_bwd(shape, qblock, case, dg_kind, stochastic):
     assert_rounded(dh_q, ref, 1.0 if stochastic else 0.5)
 
 
-def test_with_t_returns_the_transpose_too():
-    """with_t on the reference path: (out, out.t()), out as without it (and with a fallback
-    plane, the transpose carries it)."""
-    torch.manual_seed(12)
-    h_q = quantize(make_h((3, 40, 128), 32, "outlier"), 32)
-    dg = quantize(make_h((3, 40, 64), 32, "randn", 1.0), 32)
-    dg2 = quantize(make_h((3, 40, 128), 32, "randn", 1.0), 32)
-    for run in (lambda **kw: gelu_fwd(h_q, **kw), lambda **kw: swiglu_fwd(h_q, **kw),
-                lambda **kw: gelu_bwd(dg2, h_q, stochastic=False, **kw),
-                lambda **kw: swiglu_bwd(dg, h_q, stochastic=False, **kw),
-                lambda **kw: swiglu_fwd(h_q, fallback=("topk", 0.1), **kw)):
-        out, out_t = run(with_t=True)
-        plain, ref_t = run(), run().t()
-        assert torch.equal(out.q, plain.q) and torch.equal(out.s, plain.s)
-        assert torch.equal(out_t.q, ref_t.q) and torch.equal(out_t.s, ref_t.s)
-        assert out_t.has_fallback == out.has_fallback
-        if out.has_fallback:
-            assert torch.equal(out_t.q2, ref_t.q2) and torch.equal(out_t.slot, ref_t.slot)
-
-
 # ---------------------------------------------------------------------------------------------
 # stochastic rounding of the gradient: reproducible with a generator, unbiased on average
 

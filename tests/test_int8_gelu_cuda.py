@@ -123,36 +123,6 @@ def test_swiglu(shape, qblock, case):
     assert_rounded(dh_q, ref, 1.0)
 
 
-@pytest.mark.parametrize("qblock", [32, 64, 128])
-@pytest.mark.parametrize("shape", [(3, 37, 256), (1000, 512)])
-def test_with_t_writes_the_transpose(shape, qblock):
-    """with_t: the kernel's second output is its first one transposed, bytes and scales, as
-    QTensor.t() would make it (the SR draws too: the same seed), and the first output is what
-    the kernel writes without it. Outputs start poisoned, so a block not written fails."""
-    torch.manual_seed(qblock)
-    h_q = quantize(make_h(shape, qblock, "outlier"), qblock)
-    half = quantize(make_h(shape[:-1] + (shape[-1] // 2,), qblock, "randn", 1.0), qblock, True)
-    full = quantize(make_h(shape, qblock, "randn", 1.0), qblock, stochastic=True)
-    runs = {"gelu_fwd": lambda **kw: gelu_fwd_cuda(h_q, **kw),
-            "swiglu_fwd": lambda **kw: swiglu_fwd_cuda(h_q, **kw),
-            "gelu_bwd": lambda **kw: gelu_bwd_cuda(full, h_q, generator=seeded(), **kw),
-            "swiglu_bwd": lambda **kw: swiglu_bwd_cuda(half, h_q, generator=seeded(), **kw)}
-    for name, run in runs.items():
-        poison(0x80)
-        out, out_t = run(with_t=True)
-        plain = run()
-        ref_t = plain.t()
-        assert torch.equal(out.q, plain.q) and torch.equal(out.s, plain.s), name
-        assert out_t.shape == ref_t.shape == (out.cols, out.rows), name
-        assert torch.equal(out_t.q, ref_t.q) and torch.equal(out_t.s, ref_t.s), name
-
-
-def seeded():
-    g = torch.Generator()
-    g.manual_seed(11)
-    return g
-
-
 @pytest.mark.parametrize("op", ["gelu", "swiglu"])
 def test_bwd_stochastic_unbiased_on_gpu(op):
     torch.manual_seed(5)
