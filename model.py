@@ -10,7 +10,7 @@ Three modes: bf16      plain PyTorch under autocast: the baseline every comparis
 The int8 data flow lives inside three autograd Functions per block, as in Jetfire's released
 code; between them (and around attention) tensors are float:
 
-    x (fp32 residual) --NormLinear--> qkv (bf16) --SDPA--> y (bf16) --LinearResidual--> x
+    x (fp32 residual) --NormLinear--> q, k, v (bf16) --SDPA--> y (bf16) --LinearResidual--> x
       x --NormMLPResidual--> x
 
 Inside a Function the ops hand each other (int8, scale) QTensors and save int8 for backward:
@@ -38,7 +38,7 @@ from fallback import DEFAULT_RULE, DEFAULT_THRESHOLD, FallbackConfig
 from int8_gelu import gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd
 from int8_linear import linear_dgrad_t, linear_fwd, linear_wgrad_t
 from int8_norm import layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd
-from quantize import check_qblock, load_q, quantize, save_q
+from quantize import check_qblock, load_q, quantize, quantize_cat, save_q
 
 
 @dataclass
@@ -131,10 +131,14 @@ class Int8Spec:
 
     def quantize_grad(self, dy, what):
         """Output gradients: stochastic rounding, as (dY, dY^T), the dgrad and the wgrad GEMM's
-        operands, written by one kernel; a second plane only if fallback_grad."""
+        operands, written by one kernel; a second plane only if fallback_grad. dy may be a tuple
+        of column parts (attention's dq, dk, dv): read where they lie, not concatenated first."""
+        name = f"{self.name}.{what}.grad"
         if self.fb.grad:
-            return self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True,
-                                    with_t=True)
+            dy = torch.cat(dy, -1) if isinstance(dy, tuple) else dy
+            return self.fb.quantize(dy, self.qblock, name, stochastic=True, with_t=True)
+        if isinstance(dy, tuple):
+            return quantize_cat(dy, self.qblock, stochastic=True, with_t=True)
         return quantize(dy, self.qblock, stochastic=True, with_t=True)
 
 
@@ -148,9 +152,10 @@ def requantize_t(w, spec):
 
 
 class NormLinear(torch.autograd.Function):
-    """qkv = norm(x) @ W^T: x (B, T, C) fp32 -> qkv (B, T, 3C) in the attention dtype, and x
-    again (a view of it) for LinearResidual's residual: its gradient then comes back here, to
-    be added by the norm's backward kernel."""
+    """q, k, v = norm(x) @ W^T: x (B, T, C) fp32 -> q, k, v (B, T, C) in the attention dtype
+    (views of one qkv, so that their gradients come back apart and are quantized as one dqkv
+    with no concatenation: quantize_cat), and x again (a view of it) for LinearResidual's
+    residual: its gradient then comes back here, to be added by the norm's backward kernel."""
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w, spec, out_dtype):
@@ -161,14 +166,16 @@ class NormLinear(torch.autograd.Function):
         save_q(ctx, a_q, xhat_q, rstd, ln_w, w)        # w, not w_q: see requantize_t
         ctx.spec, ctx.has_bias = spec, ln_b is not None
         ctx.set_materialize_grads(False)               # (an unused x gives None, not zeros)
-        return qkv, x
+        return (*qkv.chunk(3, dim=-1), x)
 
     @staticmethod
-    def backward(ctx, dqkv, dres):
+    def backward(ctx, dq, dk, dv, dres):
         a_q, xhat_q, rstd, ln_w, w = load_q(ctx)
         spec = ctx.spec
         w_qt = requantize_t(w, spec)                                     # (C, 3C) int8: W^T
-        dqkv_q, dqkv_qt = spec.quantize_grad(dqkv, "attn.c_attn")        # (B, T, 3C) int8, ^T
+        like = next(g for g in (dq, dk, dv) if g is not None)
+        parts = tuple(torch.zeros_like(like) if g is None else g for g in (dq, dk, dv))
+        dqkv_q, dqkv_qt = spec.quantize_grad(parts, "attn.c_attn")       # (B, T, 3C) int8, ^T
         # --- GEMM: dA = dqkv @ W ---
         da_q = linear_dgrad_t(dqkv_q, w_qt, out="int8_sr")               # (B, T, C) int8
         # --- GEMM: dW = dqkv^T @ A ---
@@ -261,16 +268,15 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def attend(self, qkv):
-        """Causal SDPA on a fused (B, T, 3C) qkv -> (B, T, C)."""
-        B, T, C3 = qkv.shape
-        q, k, v = qkv.view(B, T, 3, self.n_head, C3 // (3 * self.n_head)).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), is_causal=True)
-        return y.transpose(1, 2).reshape(B, T, C3 // 3)
+    def attend(self, q, k, v):
+        """Causal SDPA on (B, T, C) q, k, v (views of one qkv) -> (B, T, C)."""
+        B, T, C = q.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(B, T, C)
 
     def forward(self, x):
-        return self.c_proj(self.attend(self.c_attn(x)))
+        return self.c_proj(self.attend(*self.c_attn(x).chunk(3, dim=-1)))
 
 
 class MLP(nn.Module):
@@ -309,9 +315,9 @@ class Block(nn.Module):
             if torch.is_autocast_enabled(x.device.type) else torch.float32
         x = x.float()
         with torch.autocast(x.device.type, enabled=False):
-            qkv, x = NormLinear.apply(x, self.ln_1.weight, getattr(self.ln_1, "bias", None),
-                                      self.attn.c_attn.weight, self.spec, dtype)
-            y = self.attn.attend(qkv)                                    # (B, T, C)
+            q, k, v, x = NormLinear.apply(x, self.ln_1.weight, getattr(self.ln_1, "bias", None),
+                                          self.attn.c_attn.weight, self.spec, dtype)
+            y = self.attn.attend(q, k, v)                                # (B, T, C)
             x = LinearResidual.apply(y, self.attn.c_proj.weight, x, self.spec)
             x = NormMLPResidual.apply(x, self.ln_2.weight, getattr(self.ln_2, "bias", None),
                                       self.mlp.c_fc.weight, self.mlp.c_proj.weight, self.spec)

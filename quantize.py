@@ -293,6 +293,21 @@ def quantize(x, qblock=32, stochastic=False, generator=None, with_t=False, trans
     return (t, transpose_ref(t)) if with_t else t
 
 
+def quantize_cat(xs, qblock=32, stochastic=False, generator=None, with_t=False):
+    """quantize(torch.cat(xs, -1), ...) without the concatenation on CUDA: the kernel reads the
+    parts where they are (at most 3, of one shape and dtype, each a multiple of qblock wide).
+    The attention backward's dq, dk, dv become dqkv's int8 blocks this way."""
+    for x in xs:
+        check_float(x)
+    if len(xs) <= 3 and on_cuda(*xs) and len({(x.shape, x.dtype) for x in xs}) == 1 \
+            and xs[0].shape[-1] % qblock == 0 and xs[0].dtype in (torch.float32, torch.bfloat16):
+        check_qblock(qblock)
+        from quantize_cuda import quantize_cuda
+        xs = [x.contiguous() for x in xs]
+        return quantize_cuda(xs[0], qblock, stochastic, generator, with_t, parts=tuple(xs[1:]))
+    return quantize(torch.cat(xs, -1), qblock, stochastic, generator, with_t)
+
+
 def dequantize(t):
     """QTensor -> fp32 tensor of the logical shape (the fallback plane included, if any)."""
     if on_cuda(t.q, t.s) and not t.has_fallback and t.q.is_contiguous() and t.s.is_contiguous():

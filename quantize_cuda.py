@@ -229,10 +229,13 @@ __device__ __forceinline__ void load16(const xt* x, int r, int c, int rows, int 
 
 QUANTIZE_SRC = COMMON + LOAD16_SRC + r"""
 // SR: stochastic rounding; TRANS: 1 also writes the transposed copy qT, sT; 2 writes only it
-// (a weight's backward needs W^T alone).
+// (a weight's backward needs W^T alone). x is [x | x1 | x2] along the columns, parts of
+// part_cols columns each (a multiple of QB, so that a block lies in one part), or x alone
+// (part_cols = its width): the attention's dq, dk, dv are quantized as one dqkv without a concatenation.
 
 extern "C" __global__ void __launch_bounds__(NT)
-quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
+quantize_kernel(const xt* __restrict__ x, const xt* __restrict__ x1, const xt* __restrict__ x2,
+                int part_cols, int rows, int Rb, int Cb,
                 i8* __restrict__ q, float* __restrict__ s,
                 i8* __restrict__ qt, float* __restrict__ st,
                 u32 seed_lo, u32 seed_hi, const u32* __restrict__ salt, int* flag) {
@@ -248,10 +251,12 @@ quantize_kernel(const xt* __restrict__ x, int rows, int C, int Rb, int Cb,
     const int rr = t / TPR, cc = (t % TPR) * 16;                 // unit 0 inside the block
     const int Cp = Cb * QB;
 
+    const int part = bj * QB / part_cols, c0 = bj * QB - part * part_cols;
+    const xt* xp = part == 0 ? x : part == 1 ? x1 : x2;          // my block's part
     float v[2][16];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
-        load16(x, live ? bi * QB + rr + i * HALF : rows, bj * QB + cc, rows, C, v[i]);
+        load16(xp, live ? bi * QB + rr + i * HALF : rows, c0 + cc, rows, part_cols, v[i]);
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
@@ -444,17 +449,24 @@ def check_qtensor(t, name):
 # launchers
 
 def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
-                  transposed=False):
+                  transposed=False, parts=()):
     """x (..., C) fp32/bf16 CUDA, contiguous -> QTensor (and its transpose if with_t; only its
-    transpose if transposed)."""
+    transpose if transposed). parts: up to two more tensors like x, quantized as if
+    concatenated after it along the last dimension (x's width a multiple of qblock)."""
     check_cuda(x, "x", (torch.float32, torch.bfloat16))
     assert x.dim() >= 1 and x.numel() > 0, f"x must be non-empty, got shape {tuple(x.shape)}"
-    C = x.shape[-1]
-    rows = x.numel() // C
+    assert len(parts) <= 2, "the kernel takes up to 3 column parts"
+    for p in parts:
+        check_cuda(p, "parts", (x.dtype,))
+        assert p.shape == x.shape and x.shape[-1] % qblock == 0, \
+            f"parts must have x's shape {tuple(x.shape)}, a multiple of {qblock} wide"
+    part_cols = x.shape[-1]
+    C = part_cols * (1 + len(parts))
+    rows = x.numel() // part_cols
     Rp, Cp = pad_to(rows, qblock), pad_to(C, qblock)
     Rb, Cb = Rp // qblock, Cp // qblock
     bf16 = x.dtype == torch.bfloat16
-    vec = C % (8 if bf16 else 4) == 0 and x.data_ptr() % 16 == 0
+    vec = part_cols % (8 if bf16 else 4) == 0 and all(t.data_ptr() % 16 == 0 for t in (x,) + parts)
     trans = 2 if transposed else int(with_t)                # the kernel's TRANS
     dev = x.device
     plain = None if transposed else (torch.empty(Rp, Cp, dtype=torch.int8, device=dev),
@@ -466,14 +478,15 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
     kernel = get_kernel(QUANTIZE_SRC, "quantize_kernel",
                         (f"QB={qblock}", f"X_BF16={int(bf16)}", f"VEC={int(vec)}",
                          f"SR={int(stochastic)}", f"TRANS={trans}"), x.device)
+    x1, x2 = (parts + (x, x))[:2]                           # (unread where absent)
     launch(kernel, block_grid(Rb * Cb, qblock), (threads(qblock),),
-           (x, np.int32(rows), np.int32(C), np.int32(Rb), np.int32(Cb), q, s, qt, st,
-            *seed, sr_salt(x.device), nonfinite_flag(x.device)))
+           (x, x1, x2, np.int32(part_cols), np.int32(rows), np.int32(Rb), np.int32(Cb), q, s,
+            qt, st, *seed, sr_salt(x.device), nonfinite_flag(x.device)))
     after_launch(x.device, "x")
     xt = QTensor(qt, st, torch.Size((C, rows)), qblock)
     if transposed:
         return xt
-    t = QTensor(q, s, x.shape, qblock)
+    t = QTensor(q, s, x.shape[:-1] + (C,), qblock)
     return (t, xt) if with_t else t
 
 

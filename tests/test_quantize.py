@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from quantize import QTensor, dequantize, expand_blocks, pad_2d, quantize, transpose
+from quantize import QTensor, dequantize, expand_blocks, pad_2d, quantize, quantize_cat, transpose
 
 SHAPES = [(1, 1), (1, 32), (32, 32), (33, 65), (70, 45), (3, 37, 70), (2, 3, 5, 40)]
 
@@ -117,6 +117,16 @@ def test_bad_inputs_raise_clear_errors():
         quantize([[1.0, 2.0]])
     with pytest.raises(ValueError, match="pick one"):
         quantize(torch.randn(4, 4), with_t=True, transposed=True)
+
+
+def test_quantize_cat_is_quantize_of_the_concatenation():
+    torch.manual_seed(4)
+    parts = [torch.randn(3, 40, 64) * (1 + i) for i in range(3)]
+    t, tt = quantize_cat(parts, 32, with_t=True)
+    ref = quantize(torch.cat(parts, -1), 32)
+    assert t.shape == (3, 40, 192) and tt.shape == (192, 120)
+    assert torch.equal(t.q, ref.q) and torch.equal(t.s, ref.s)
+    assert torch.equal(tt.q, ref.q.t()) and torch.equal(tt.s, ref.s.t())
 
 
 def test_transposed_layouts_are_the_transpose():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import quantize_cuda as qc
-from quantize import (dequantize, dequantize_ref, expand_blocks, quantize, quantize_ref,
-                      transpose, transpose_ref)
+from quantize import (dequantize, dequantize_ref, expand_blocks, quantize, quantize_cat,
+                      quantize_ref, transpose, transpose_ref)
 from quantize_cuda import dequantize_cuda, quantize_cuda, transpose_cuda
 
 pytestmark = pytest.mark.gpu
@@ -59,6 +59,31 @@ def test_rtn_bit_exact_with_transpose(shape, qblock, case, dtype):
     tt = quantize_cuda(x, qblock, transposed=True)      # the transposed layout alone
     assert tt.shape == rt.shape and tt.q.shape == rt.q.shape
     assert torch.equal(tt.q.cpu(), rt.q) and torch.equal(tt.s.cpu(), rt.s)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("shape", [(1, 128), (3, 37, 256), (300, 384)])
+def test_quantize_cat_is_quantize_of_the_concatenation(shape, qblock, dtype):
+    """quantize_cat reads its parts where they lie and writes what quantize(torch.cat) writes,
+    both layouts, bit for bit: round to nearest, and stochastic rounding from the same seed
+    (its draws are keyed by the element of the whole); 2 or 3 parts; outputs start poisoned."""
+    torch.manual_seed(qblock)
+    parts = [make_x(shape, qblock, case, dtype) for case in CASES]
+    for n in (2, 3):
+        whole = torch.cat(parts[:n], -1)
+        for stochastic in (False, True):
+            outs = []
+            for run in (lambda g: quantize(whole, qblock, stochastic, g, with_t=True),
+                        lambda g: quantize_cat(parts[:n], qblock, stochastic, g, with_t=True)):
+                poison(0x80)
+                g = torch.Generator()
+                g.manual_seed(7)
+                outs.append(run(g))
+            (a, at), (b, bt) = outs
+            assert b.shape == a.shape and bt.shape == at.shape
+            for x, y in ((a, b), (at, bt)):
+                assert torch.equal(x.q, y.q) and torch.equal(x.s, y.s), (n, stochastic)
 
 
 def test_rtn_bit_exact_at_bench_size():
