@@ -47,10 +47,10 @@ Two promotions, one K loop each (consume()); _source() picks one per launch:
                                   derives it); the default where K splits into its groups
                                   of K-blocks (512 of K at QB = 128, 256 or 512 at 32 and 64).
                                   Error: about one unit of the largest s_A s_B in the group
-                                  per K-block (~4e-5 relative on random
-                                  data, 100x below what int8 rounding of the operands costs; an
-                                  outlier block sets the unit for its group: 7e-4 on GLU-like
-                                  data, notes/fallback_ab.log).
+                                  per K-block (~4e-5 relative on random data, 100x below what
+                                  int8 rounding of the operands costs; an outlier block sets
+                                  the unit for its group: 7e-4 on GLU-like data,
+                                  notes/fallback_ab.log).
 The promotion, not the tensor cores, bounds the kernel: at QB = 32 the wgmma work alone runs at
 ~1.3 POPS, but the promotion does not overlap it (notes/gemm_sm90.md), so every instruction per
 element per K-block counts. Hence the consumers build no address in the K loop: the wgmma

@@ -133,10 +133,10 @@ class Int8Spec:
         """Output gradients: stochastic rounding, as (dY, dY^T), the dgrad and the wgrad GEMM's
         operands, written by one kernel; a second plane only if fallback_grad. dy may be a tuple
         of column parts (attention's dq, dk, dv): read where they lie, not concatenated first."""
-        name = f"{self.name}.{what}.grad"
         if self.fb.grad:
             dy = torch.cat(dy, -1) if isinstance(dy, tuple) else dy
-            return self.fb.quantize(dy, self.qblock, name, stochastic=True, with_t=True)
+            return self.fb.quantize(dy, self.qblock, f"{self.name}.{what}.grad", stochastic=True,
+                                    with_t=True)
         if isinstance(dy, tuple):
             return quantize_cat(dy, self.qblock, stochastic=True, with_t=True)
         return quantize(dy, self.qblock, stochastic=True, with_t=True)

@@ -231,7 +231,7 @@ QUANTIZE_SRC = COMMON + LOAD16_SRC + r"""
 // SR: stochastic rounding; TRANS: 1 also writes the transposed copy qT, sT; 2 writes only it
 // (a weight's backward needs W^T alone). x is [x | x1 | x2] along the columns, parts of
 // part_cols columns each (a multiple of QB, so that a block lies in one part), or x alone
-// (part_cols = its width): the attention's dq, dk, dv are quantized as one dqkv without a concatenation.
+// (part_cols = its width): the attention's dq, dk, dv become one dqkv without a concatenation.
 
 extern "C" __global__ void __launch_bounds__(NT)
 quantize_kernel(const xt* __restrict__ x, const xt* __restrict__ x1, const xt* __restrict__ x2,
