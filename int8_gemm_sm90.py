@@ -74,7 +74,8 @@ import torch
 
 from int8_gemm import cdiv
 from int8_gemm_mma import GEMM_STORE_SRC, TILE_ORIGIN_SRC
-from int8_gemm_sm90_plane import CONSUME_PLANE_SRC, PLANE_SRC, PLANE_STAGES_SRC, plane_args
+from int8_gemm_sm90_plane import (CONSUME_PLANE_SRC, NO_MAP, PLANE_SRC, PLANE_STAGES_SRC,
+                                  plane_args)
 from int8_gemm_sm90_ring import (SM90_PLAIN_STAGES_SRC, SM90_PRODUCE_SRC,
                                  SM90_PTX_SRC, TILE, _smem_bytes, _wgmma_wrapper)
 from quantize import get_kernel, launch
@@ -344,6 +345,63 @@ __device__ __forceinline__ void stage_int8_rows(const float (&acc)[NACC], const 
     }
 }
 
+// A consumer thread's accumulators -> the C tile as fp32 (or BF16) rows, in TMA's boxes of 128
+// rows x 128 bytes (32 fp32 / 64 bf16 columns; box j at C_BOX j), 128-byte swizzled like the
+// int8 rows above: a warp's pair stores touch each bank at most twice (fp32) / once (bf16).
+// RESIDUAL: the C tile holds the residual's tile (TMA-loaded, landed): out = acc + residual, every
+// old pair loaded before the first store.
+// the C tile address of the thread's pair i (acc[i], acc[i + 1]) in stage_float_rows' layout
+template <bool BF16>
+__device__ __forceinline__ unsigned float_pair_at(unsigned ctile, int r, int c0, int i) {
+    constexpr int ESZ = BF16 ? 2 : 4, PER_BOX = 128 / ESZ, PER_CHUNK = 16 / ESZ;
+    const int c = c0 + 2 * (i / 4 * 4), rr = r + 8 * (i / 2 % 2);
+    return ctile + c / PER_BOX * C_BOX + rr * 128 + ((c % PER_BOX / PER_CHUNK ^ rr % 8) << 4)
+           + c % PER_CHUNK * ESZ;
+}
+template <bool BF16, bool RESIDUAL>
+__device__ __forceinline__ void stage_float_rows(const float (&acc)[NACC], unsigned ctile, int r,
+                                                 int c0) {
+    constexpr int CHUNK = 16;                          // values loaded ahead of their stores
+    // the addresses depend on the thread alone: hidden from the compiler, which would otherwise
+    // make all 32 once per CTA and spill them across the K loop
+    asm volatile("mov.u32 %0, %0;\n" : "+r"(ctile));
+    #pragma unroll
+    for (int i0 = 0; i0 < NACC; i0 += CHUNK) {
+        float old[CHUNK];
+        #pragma unroll
+        for (int i = 0; i < CHUNK; i += 2) {
+            old[i] = old[i + 1] = 0.f;
+            if (RESIDUAL) asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(old[i]),
+                                       "=f"(old[i + 1]) : "r"(float_pair_at<BF16>(ctile, r, c0, i0 + i)));
+        }
+        #pragma unroll
+        for (int i = 0; i < CHUNK; i += 2) {
+            const unsigned at = float_pair_at<BF16>(ctile, r, c0, i0 + i);
+            if constexpr (BF16) {
+                const unsigned p = bf16_bits(acc[i0 + i]) | ((unsigned)bf16_bits(acc[i0 + i + 1]) << 16);
+                asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(at), "r"(p) : "memory");
+            } else {
+                const float v0 = RESIDUAL ? acc[i0 + i] + old[i] : acc[i0 + i];
+                const float v1 = RESIDUAL ? acc[i0 + i + 1] + old[i + 1] : acc[i0 + i + 1];
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" :: "r"(at), "f"(v0), "f"(v1)
+                             : "memory");
+            }
+        }
+    }
+}
+
+// The residual's tile at (m0, n0) -> the C tile, counted on the C barrier; by one thread, before
+// the tile's K loop, so that it lands while the tile is computed. The C tile is free once the
+// last tile's store has read it.
+__device__ __forceinline__ void load_residual(const TensorMap* add_map, unsigned base, int m0,
+                                              int n0, int N) {
+    const int boxes = min(4, (N - n0 + 31) / 32);
+    bulk_wait_read();
+    mbar_arrive_expect_tx(base + SMEM_CBAR, boxes * C_BOX);
+    for (int j = 0; j < boxes; ++j) tma_load(base + SMEM_C + j * C_BOX, add_map, n0 + 32 * j, m0,
+                                             base + SMEM_CBAR);
+}
+
 // acc += add (M x N fp32: the output itself to accumulate, or a residual) for the thread's
 // pairs: every value loaded before the first store. Pair by pair (load, add, store), the compiler
 // may not move a load above the store before it (add might alias out), so each of the 32 loads
@@ -369,8 +427,16 @@ __device__ __forceinline__ void add_old(float (&acc)[NACC], const float* add, in
     for (int i = 0; i < NACC; ++i) acc[i] += old[i];
 }
 
-// Consumer thread ct's share of the tile at (m0, n0): out = acc (fp32 / bf16), + add (fp32) where
-// add is not null (add == out: out += acc), or the
+// How the float kernel writes C (the launcher's choice, out_mode): from the registers (REGS: rows
+// not 16-byte aligned), or through the C tile and TMA with out_map: a store (STORE, fp32 or
+// bf16), an add into C (ACCUMULATE: the weight gradient's out += acc), or a store of acc plus the
+// residual that load_residual put in the C tile (RESIDUAL, add_map). The register path stores
+// 64 KB a tile from the consumers, which then wait on it (and on DRAM for add's values): through
+// TMA the consumers go on to the next tile while the copy engine writes.
+enum OutMode { REGS = 0, STORE = 1, ACCUMULATE = 2, RESIDUAL = 3 };
+
+// Consumer thread ct's share of the tile at (m0, n0), the CTA's n-th: out = acc (fp32 / bf16),
+// + add (fp32) where add is not null (add == out: out += acc), as out_mode says; or the
 // int8 blocks of acc with their scales (through the C tile in shared memory and a TMA store by
 // thread 0, with q_map). bmax: this tile's RBS x CBS block absmax words (zero),
 // bmax_next the next tile's, zeroed here: the CTA's tiles take turns over three sets of them, so
@@ -378,17 +444,40 @@ __device__ __forceinline__ void add_old(float (&acc)[NACC], const float* add, in
 // previous tile's consumer_sync, and is next written after this one's.
 template <int OUT_INT8>
 __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, int m0, int n0,
-        int Mp, int Np, int M, int N, void* out, int out_bf16, const float* add, float* q_s,
+        int n, int Mp, int Np, int M, int N, void* out, int out_bf16, const float* add, float* q_s,
         int stochastic, unsigned seed, int* bmax, int* bmax_next, unsigned base,
-        const TensorMap* q_map) {
+        const TensorMap* q_map, const TensorMap* out_map, int out_mode) {
     const int wg = ct / 128, warp = ct / 32 % 4, lane = ct % 32;
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
-    if (!OUT_INT8) {
+    const unsigned ctile = base + SMEM_C;
+    const int r = row - m0, c0 = col0 - n0;
+    if (!OUT_INT8 && out_mode == REGS) {
         if (add) add_old(acc, add, M, N, row, col0);
         #pragma unroll
         for (int i = 0; i < NACC; i += 4) {
             store_float_pair(out, out_bf16, 0, M, N, row, col0 + 2 * i, acc[i], acc[i + 1]);
             store_float_pair(out, out_bf16, 0, M, N, row + 8, col0 + 2 * i, acc[i + 2], acc[i + 3]);
+        }
+        return;
+    }
+    if (!OUT_INT8) {
+        if (out_mode == RESIDUAL) mbar_wait(base + SMEM_CBAR, n & 1);   // the residual landed
+        else {
+            if (ct == 0) bulk_wait_read();            // the last tile's store has read the C tile
+            consumer_sync();
+        }
+        if (out_bf16) stage_float_rows<true, false>(acc, ctile, r, c0);
+        else if (out_mode == RESIDUAL) stage_float_rows<false, true>(acc, ctile, r, c0);
+        else stage_float_rows<false, false>(acc, ctile, r, c0);
+        fence_proxy_async();                          // st.shared -> visible to the TMA's reads
+        consumer_sync();
+        if (ct == 0) {
+            const int cols = out_bf16 ? 64 : 32, boxes = min(128 / cols, (N - n0 + cols - 1) / cols);
+            for (int j = 0; j < boxes; ++j) {
+                if (out_mode == ACCUMULATE) tma_store<true>(out_map, n0 + cols * j, m0, ctile + j * C_BOX);
+                else tma_store(out_map, n0 + cols * j, m0, ctile + j * C_BOX);
+            }
+            bulk_commit();
         }
         return;
     }
@@ -420,13 +509,14 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
     }
     // the tile's int8 -> the C tile in shared memory -> one TMA store (full 128-byte rows; 2-byte
     // stores straight from the registers cost more than the rest of the epilogue)
-    const unsigned ctile = base + SMEM_C;
-    const int r = row - m0, c0 = col0 - n0;
     if (stochastic) stage_int8_rows<true>(acc, inv, ctile, r, c0, row, col0, seed);
     else stage_int8_rows<false>(acc, inv, ctile, r, c0, row, col0, seed);
     fence_proxy_async();                              // st.shared -> visible to the TMA's reads
     consumer_sync();
-    if (ct == 0) tma_store(q_map, n0, m0, ctile);
+    if (ct == 0) {
+        tma_store(q_map, n0, m0, ctile);
+        bulk_commit();
+    }
 }
 
 // The kernel body. The grid is at most one CTA per SM (it holds 182 KB of shared memory at
@@ -436,13 +526,15 @@ template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
         const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int M,
         int N, void* out, int out_bf16, const float* add, float* q_s, int stochastic, unsigned seed,
-        const Plane& pl, const TensorMap* po_map, const TensorMap* pq_map) {
+        const Plane& pl, const TensorMap* po_map, const TensorMap* pq_map,
+        const TensorMap* out_map, const TensorMap* add_map, int out_mode) {
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
     if (threadIdx.x < STAGES) {
         mbar_init(base + SMEM_BAR + 8 * threadIdx.x, 128);                  // full: producer threads
         mbar_init(base + SMEM_BAR + 8 * STAGES + 8 * threadIdx.x, 256);     // empty: consumer threads
+        if (threadIdx.x == 0) mbar_init(base + SMEM_CBAR, 1);               // C: load_residual
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     if (threadIdx.x < 3 * RBS * CBS) bmax[threadIdx.x] = 0;
@@ -467,6 +559,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
         int m0, n0;
         tile_origin(tile, Mp, Np, m0, n0);
+        if (!OUT_INT8 && out_mode == RESIDUAL && ct == 0) load_residual(add_map, base, m0, n0, N);
         float acc[NACC];
         #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
@@ -474,11 +567,11 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
         else if (np) st = consume_plane<KBS>(acc, cs, st, np, 0);
         st = consume(acc, cs, st, KT0);
         np = plane_stages_of(pl, tile + gridDim.x, Mp, Np);
-        store_tile<OUT_INT8>(acc, ct, rb, m0, n0, Mp, Np, M, N, out, out_bf16, add, q_s,
+        store_tile<OUT_INT8>(acc, ct, rb, m0, n0, n, Mp, Np, M, N, out, out_bf16, add, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
-                             base, q_map);
+                             base, q_map, out_map, out_mode);
     }
-    if (OUT_INT8 && ct == 0) bulk_wait_read();        // the C tile must outlive the last store's reads
+    if (ct == 0) bulk_wait_read();                    // the C tile must outlive the last store's reads
 }
 
 // p_*: the second plane (struct Plane; p_count = nullptr for none) and the tensor maps of its
@@ -487,12 +580,15 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_constant__ TensorMap b_map,
                        const float* __restrict__ As, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add,
+                       const __grid_constant__ TensorMap out_map,
+                       const __grid_constant__ TensorMap add_map, int out_mode,
                        const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, int p_stride, int p_halves,
                        int p_on_b, const __grid_constant__ TensorMap p_omap,
                        const __grid_constant__ TensorMap p_qmap) {
     gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, add, nullptr, 0, 0u,
-                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
+                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
+                 &out_map, &add_map, out_mode);
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
@@ -507,7 +603,8 @@ gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_cons
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, nullptr, 0, nullptr, q_s,
                  stochastic, seed,
-                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap);
+                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
+                 nullptr, nullptr, 0);
 }
 """
 
@@ -579,27 +676,46 @@ def _launch(name, a, b, args, exact, source, persistent, out_map=()):
            shared_mem=_smem_bytes(a.qblock))
 
 
-def float_args(a, b, c, M, N, add=None):
+def out_mode(c, add, N, tma_out=True):
+    """The float kernel's OutMode for C (M x N, c) += add: through the C tile and TMA where C's
+    rows (and add's) are 16-byte aligned, STORE / ACCUMULATE (add is c) / RESIDUAL; else REGS,
+    which tma_out=False also forces (the epilogue before TMA stores, kept for A/B timing)."""
+    aligned = c.data_ptr() % 16 == 0 and N * c.element_size() % 16 == 0
+    if not tma_out or not aligned or (add is not None and (c.dtype != torch.float32
+                                                           or add.data_ptr() % 16)):
+        return 0
+    return 1 if add is None else 2 if add.data_ptr() == c.data_ptr() else 3
+
+
+def float_args(a, b, c, M, N, add=None, tma_out=True):
     """The float kernel's own arguments (args of _arguments); add: None or an fp32 tensor of
-    M * N elements added to C (c itself to accumulate)."""
+    M * N elements added to C (c itself to accumulate). C's tensor map has boxes of 128 rows x
+    128 bytes (32 fp32 or 64 bf16 columns), as the epilogue's C tile holds them."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    mode = out_mode(c, add, N, tma_out)
+    elem = c.element_size()
+    out_map = tile_map(c.data_ptr(), M, N * elem, TILE, 128, elem) if mode else NO_MAP
+    add_map = tile_map(add.data_ptr(), M, N * 4, TILE, 128, 4) if mode == 3 else NO_MAP
     return (a.s, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
-            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add)
+            np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add,
+            out_map, add_map, np.int32(mode))
 
 
-def float_kernel_args(a, b, c, M, N, add=None):
+def float_kernel_args(a, b, c, M, N, add=None, tma_out=True):
     """The float kernel's whole argument list for C = A @ B^T (+ add) (for notes/ scripts that
     launch their own builds of the kernel)."""
-    return _arguments(a, b, float_args(a, b, c, M, N, add))
+    return _arguments(a, b, float_args(a, b, c, M, N, add, tma_out))
 
 
-def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True):
+def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True,
+                 tma_out=True):
     """C (M x N fp32 / bf16) = A @ B^T (+ add, fp32: c itself to accumulate, or a residual);
     operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source);
-    persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing)."""
-    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add), exact, source,
-            persistent)
+    persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing);
+    tma_out=False: C stored from the registers (out_mode)."""
+    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add, tma_out), exact,
+            source, persistent)
 
 
 def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persistent=True):

@@ -221,7 +221,7 @@ def _halves(t, on_a):
     return 2 if SPLIT_HALVES and on_a and t.qblock == 32 and few else 1
 
 
-_NO_MAP = np.zeros(1, np.dtype((np.void, 128)))   # a tensor map argument the kernel never reads
+NO_MAP = np.zeros(1, np.dtype((np.void, 128)))   # a tensor map argument the kernel never reads
 
 
 def plane_args(a, b):
@@ -231,13 +231,13 @@ def plane_args(a, b):
     (n2 QB, QB) rows, a QB x QB box. Null pointers and unused maps when neither has a plane."""
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
-        return (np.uint64(0),) * 4 + (np.int32(0),) * 3 + (_NO_MAP, _NO_MAP)
+        return (np.uint64(0),) * 4 + (np.int32(0),) * 3 + (NO_MAP, NO_MAP)
     slot, q2, s2 = _plane(t)
     halves = _halves(t, t is a)
     listed, count, slots, scales = plane_lists_cuda(slot, s2, t.qblock, halves)
     QB, other = t.qblock, b if t is a else a
     o_map = tile_map(other.q.data_ptr(), other.q.shape[0], other.q.shape[1], TILE, QB)
-    q_map = tile_map(q2.data_ptr(), q2.shape[0] * QB, QB, QB, QB) if q2.numel() else _NO_MAP
+    q_map = tile_map(q2.data_ptr(), q2.shape[0] * QB, QB, QB, QB) if q2.numel() else NO_MAP
     return (listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
             np.int32(t is not a), o_map, q_map)
 

@@ -6,15 +6,18 @@ int8_gemm_sm90.py from these pieces, its own and the fallback plane's (int8_gemm
 
 Shared memory of one CTA, its base rounded up to 1024 bytes (the 128 B swizzle atom):
 
-    [A ring: STAGES x 16 KB][B ring: STAGES x 16 KB][C tile: 16 KB, the int8 epilogue's]
+    [A ring: STAGES x 16 KB][B ring: STAGES x 16 KB][C tile: 64 KB, the epilogue's]
     [scale ring: STAGES x SCALE_FLOATS fp32][full barriers: STAGES x 8 B][empty barriers: STAGES x 8 B]
-    [block absmax: 3 x RBS x CBS int32]
+    [C barrier: 8 B][block absmax: 3 x RBS x CBS int32]
 
 A stage is BK = 128 bytes of K for the tile's 128 rows of A and 128 rows of B, so 128 / QB
 K-blocks, with their scales s_A [KBS][RBS] and s_B [KBS][CBS]. Each 128-byte row is stored with
 the 128-byte swizzle (the comment above desc_lo), as TMA writes it. (A fallback plane stage lays
-the same 16 KB out by K-block instead: produce_plane_stage.) In all: 182,160 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of
-the 227 KB an H100 CTA may use.
+the same 16 KB out by K-block instead: produce_plane_stage.) The C tile holds the tile's output
+on its way to TMA stores: 128 x 128 int8 (16 KB), bf16 (32 KB) or fp32 (64 KB), in boxes of
+128 rows x 128 bytes with the same swizzle; the C barrier counts a residual tile's TMA load into
+it. In all: 231,320 bytes at QB = 32 (_smem_bytes, SMEM_BYTES) of the 232,448 (227 KB) an H100
+CTA may use.
 
 PTX wrappers (SM90_PTX_SRC): TMA (the tensor map, cp.async.bulk.tensor, mbarrier expect_tx),
 cp.async of 4 bytes for the scales (src-size 0 writes zeros), mbarrier init / arrive / try_wait,
@@ -75,10 +78,13 @@ constexpr int G = KGROUP;                    // K-blocks per consumer loop itera
 constexpr int KT_ROUND = G / KBS;            // stages per iteration: K rounds up to a multiple
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
 static_assert(BM == 128 && BN == 128 && BK == 128, "the ring's stages are 128 x 128 B tiles");
-// shared memory: [A ring][B ring][C tile][scale ring][full barriers][empty barriers][block absmax]
+// shared memory: [A ring][B ring][C tile][scale ring][full barriers][empty barriers][C barrier]
+// [block absmax]
 constexpr int SMEM_B = STAGES * TILE_BYTES, SMEM_C = 2 * STAGES * TILE_BYTES;
-constexpr int SMEM_S = SMEM_C + BM * BN;     // C tile: the int8 epilogue's 16 KB, 1024-aligned
-constexpr int SMEM_BAR = SMEM_S + STAGES * SCALE_FLOATS * 4, SMEM_BMAX = SMEM_BAR + 16 * STAGES;
+constexpr int C_BOX = BM * 128;              // a C box: 128 rows x 128 bytes (16 KB, 1024-aligned)
+constexpr int SMEM_S = SMEM_C + 4 * BM * BN; // C tile: up to 4 boxes (fp32)
+constexpr int SMEM_BAR = SMEM_S + STAGES * SCALE_FLOATS * 4, SMEM_CBAR = SMEM_BAR + 16 * STAGES;
+constexpr int SMEM_BMAX = SMEM_CBAR + 8;
 constexpr int SMEM_BYTES = SMEM_BMAX + 3 * 4 * RBS * CBS + 1024;   // + 1024: base alignment slack
 static_assert(SMEM_BYTES <= 227 * 1024, "the ring must fit in an H100's 227 KB of shared memory");
 
@@ -120,18 +126,31 @@ __device__ __forceinline__ void tma_prefetch(const TensorMap* map) {
 __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
     asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
 }
+// expect_tx and one arrival (the C barrier's only one)
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
 // the box whose first element is (row, k) -> dst, counted on bar
 __device__ __forceinline__ void tma_load(unsigned dst, const TensorMap* map, int k, int row, unsigned bar) {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3}], [%4];\n"
                  :: "r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar) : "memory");
 }
-// src -> the box whose first element is (row, col), clipped at the array's edges; a bulk group
-// of its own, whose reads of src bulk_wait_read waits for
+// src -> the box whose first element is (row, col), clipped at the array's edges (col counts
+// the map's elements); ADD: added into the array instead, element by element in the map's type
+// (fp32), by the L2. Issued copies form a bulk group at bulk_commit, whose reads of src
+// bulk_wait_read waits for.
+template <bool ADD = false>
 __device__ __forceinline__ void tma_store(const TensorMap* map, int col, int row, unsigned src) {
-    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n"
-                 "cp.async.bulk.commit_group;\n"
-                 :: "l"(map), "r"(col), "r"(row), "r"(src) : "memory");
+    if constexpr (ADD)
+        asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group"
+                     " [%0, {%1, %2}], [%3];\n" :: "l"(map), "r"(col), "r"(row), "r"(src) : "memory");
+    else
+        asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n"
+                     :: "l"(map), "r"(col), "r"(row), "r"(src) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
 __device__ __forceinline__ void bulk_wait_read() {
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
@@ -336,9 +355,10 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
 
 
 def _smem_bytes(qblock):
-    """SMEM_BYTES of the kernel source: the A and B rings, the int8 C tile, the scale ring,
-    2 x STAGES barriers,
-    the block absmax (3 tiles' worth), and 1024 bytes to align the base to the 128 B swizzle atom."""
+    """SMEM_BYTES of the kernel source: the A and B rings, the C tile (fp32), the scale ring,
+    2 x STAGES + 1 barriers, the block absmax (3 tiles' worth), and 1024 bytes to align the base
+    to the 128 B swizzle atom."""
     blocks, kblocks = TILE // qblock, 128 // qblock      # RBS = CBS, and KBS per stage
     scales = STAGES * 2 * blocks * kblocks * 4
-    return 2 * STAGES * TILE * 128 + TILE * TILE + scales + 16 * STAGES + 3 * 4 * blocks * blocks + 1024
+    return (2 * STAGES * TILE * 128 + 4 * TILE * TILE + scales + 16 * STAGES + 8
+            + 3 * 4 * blocks * blocks + 1024)

@@ -11,8 +11,12 @@ called through ctypes: neither CuPy nor torch wraps it), and the kernel takes it
 `const __grid_constant__` parameter: CuPy passes a one-element numpy array by its bytes, and a
 CUDA graph captures those bytes with the launch.
 
-A map depends only on (address, rows, row bytes, box), so maps are cached on that key; a freed and
-reused address with the same shape gets the same bytes, which is right.
+The epilogues store their output tile the same way (int8_gemm_sm90.py): from a C tile in shared
+memory, in boxes of 128 rows x 128 bytes (128 int8, 64 bf16 or 32 fp32 columns), and an fp32 map
+also lets TMA add the tile into the array (the weight gradient's accumulate) or load a residual.
+
+A map depends only on (address, rows, row bytes, box, element size), so maps are cached on that
+key; a freed and reused address with the same shape gets the same bytes, which is right.
 """
 import ctypes
 from functools import lru_cache
@@ -22,7 +26,7 @@ import numpy as np
 BOX = 128                     # the box: 128 rows x 128 bytes of K (one ring stage of one operand)
 
 # CUtensorMap enums (cuda.h)
-_DATA_UINT8 = 0
+_DATA = {1: 0, 2: 9, 4: 7}          # by element size: UINT8, BFLOAT16, FLOAT32
 _INTERLEAVE_NONE = 0
 _SWIZZLE = {32: 1, 64: 2, 128: 3}   # CU_TENSOR_MAP_SWIZZLE_32B / 64B / 128B, by the box's width
 _L2_PROMOTION_256B = 3
@@ -45,23 +49,25 @@ def _encode_tiled():
 
 
 @lru_cache(maxsize=4096)
-def tile_map(address, rows, row_bytes, box_rows=BOX, box_bytes=BOX):
-    """The tensor map of an int8 row-major (rows, row_bytes) array at device `address`, box
-    box_rows x box_bytes (32, 64 or 128 bytes wide, swizzled by its width), zeros past its edges:
-    a (1,) numpy array of 128 bytes, to pass as a kernel argument."""
+def tile_map(address, rows, row_bytes, box_rows=BOX, box_bytes=BOX, elem=1):
+    """The tensor map of a row-major (rows, row_bytes) array at device `address` of int8 (elem =
+    1), bf16 (2) or fp32 (4) elements, box box_rows x box_bytes (32, 64 or 128 bytes wide,
+    swizzled by its width), zeros past its edges: a (1,) numpy array of 128 bytes, to pass as a
+    kernel argument. Coordinates in the kernel count elements."""
     if address % 16 or row_bytes % 16:
         raise ValueError(f"tma: address and row bytes must be multiples of 16, got {address:#x}, "
                          f"{row_bytes}")
-    if box_bytes not in _SWIZZLE or not 0 < box_rows <= 256 or rows < 1:
-        raise ValueError(f"tma: a box of {box_rows} x {box_bytes} bytes over {rows} rows is not "
-                         f"supported (rows >= 1, box rows 1-256, box bytes 32, 64 or 128)")
+    if box_bytes not in _SWIZZLE or not 0 < box_rows <= 256 or rows < 1 or elem not in _DATA:
+        raise ValueError(f"tma: a box of {box_rows} x {box_bytes} bytes of {elem}-byte elements "
+                         f"over {rows} rows is not supported (rows >= 1, box rows 1-256, box "
+                         "bytes 32, 64 or 128, elements of 1, 2 or 4 bytes)")
     buf = np.zeros(128 + 64, np.uint8)                 # the driver wants the map 64-byte aligned
     at = (-buf.ctypes.data) % 64
-    dims = (ctypes.c_uint64 * 2)(row_bytes, rows)      # innermost first
+    dims = (ctypes.c_uint64 * 2)(row_bytes // elem, rows)      # innermost first, in elements
     strides = (ctypes.c_uint64 * 1)(row_bytes)         # bytes from one row to the next
-    box = (ctypes.c_uint32 * 2)(box_bytes, box_rows)
+    box = (ctypes.c_uint32 * 2)(box_bytes // elem, box_rows)
     steps = (ctypes.c_uint32 * 2)(1, 1)
-    err = _encode_tiled()(buf.ctypes.data + at, _DATA_UINT8, 2, address, dims, strides, box, steps,
+    err = _encode_tiled()(buf.ctypes.data + at, _DATA[elem], 2, address, dims, strides, box, steps,
                           _INTERLEAVE_NONE, _SWIZZLE[box_bytes], _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
     if err:
         raise RuntimeError(f"tma: cuTensorMapEncodeTiled failed (CUresult {err}) for rows={rows}, "

@@ -1,14 +1,17 @@
 """Where a block's forward + backward GPU time goes, by torch.profiler (not part of the library).
 
     python3 notes/profile_block.py [--style=llama|gpt2] [--width=4096] [--modes=bf16,int8,"int8 QB128"]
+                                   [--launches]
 
 Builds bench.py's block (B=4, T=2048) in each mode (bench.block_modes' names), runs 3 warm-up
 steps, then profiles 5 eager steps and prints per step: the wall time, the GPU's kernel time, that
 kernel time by kind (the int8 GEMMs, cuBLAS, attention, quantize, norms, activations, the fallback
 plane, torch's own kernels) and the top kernels. The kernels are the ones a graphed step replays,
-so their sum is the graphed step's time less the gaps between kernels.
+so their sum is the graphed step's time less the gaps between kernels. --launches also lists
+one step's kernels in launch order, each with its GPU time and grid (from the profiler's trace).
 """
 import argparse
+import json
 import os
 import re
 import sys
@@ -49,12 +52,27 @@ def kernel_times(step, n=5):
     return out
 
 
+def launches(step):
+    """One step's kernels in launch order: [(name, GPU us, grid)], from the profiler's trace."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    path = f"/tmp/profile_block_{os.getpid()}.json"
+    prof.export_chrome_trace(path)
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    os.remove(path)
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    return [(e["name"], e["dur"], e.get("args", {}).get("grid")) for e in kernels]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--style", default="llama")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--modes", default="bf16,int8,int8+fallback")
     p.add_argument("--top", type=int, default=8)
+    p.add_argument("--launches", action="store_true")
     args = p.parse_args()
     B, T, C = 4, 2048, args.width
     for mode in args.modes.split(","):
@@ -73,6 +91,10 @@ def main():
         print(f"top {args.top} kernels (ms/step, launches/step):")
         for name, (ms, count) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
             print(f"  {ms:7.3f} {count:4.0f}  {name[:100]}")
+        if args.launches:
+            print("one step's kernels in launch order (us, grid):")
+            for name, us, grid in launches(step):
+                print(f"  {us:8.1f}  {str(grid):16s} {name[:90]}")
         del step
         torch.cuda.empty_cache()
 

@@ -1,4 +1,5 @@
 """The tensor-core GEMM kernel (int8_gemm.gemm_cuda) against the reference, on a CUDA device."""
+import functools
 import math
 
 import pytest
@@ -109,6 +110,31 @@ def test_float_epilogues(qblock):
     assert torch.equal(out, res + c.reshape(res.shape)) and torch.equal(res, keep)
     res_odd = torch.randn(300, 37, device=DEV)                          # scalar loads and stores
     assert torch.equal(gemm_cuda(ta, tb_odd, residual=res_odd), res_odd + c_odd)
+
+
+@pytest.mark.parametrize("qblock", [32, 64, 128])
+@pytest.mark.parametrize("M,K,N", [(2100, 256, 1096), (300, 192, 40), (1, 64, 8)])
+def test_tma_float_epilogues_match_register_stores(M, K, N, qblock, kernel, monkeypatch):
+    """The wgmma float kernel writes C through shared memory and TMA where rows are 16-byte
+    aligned (int8_gemm_sm90.out_mode): stores of fp32 and bf16, the accumulate add, the residual
+    loaded by TMA. Bit for bit what the register stores write, on tiles cut by M and N (some of a
+    tile's boxes wholly past N) and with more tiles than SMs (the C tile and its barrier reused)."""
+    if kernel == "mma":
+        pytest.skip("the mma kernel stores from the registers only")
+    import int8_gemm_sm90 as sm90
+    torch.manual_seed(M + N + qblock)
+    ta, tb = operand(M, K, qblock), operand(N, K, qblock)
+    base, res = torch.randn(M, N, device=DEV), torch.randn(M, N, device=DEV)
+    results, launch = {}, sm90.launch_float
+    for tma_out in (True, False):
+        monkeypatch.setattr(sm90, "launch_float", functools.partial(launch, tma_out=tma_out))
+        acc = base.clone()
+        assert sm90.out_mode(acc, acc, N, tma_out) == (2 if tma_out else 0)
+        results[tma_out] = (gemm_cuda(ta, tb), gemm_cuda(ta, tb, out_dtype=torch.bfloat16),
+                            gemm_cuda(ta, tb, accumulate=acc), gemm_cuda(ta, tb, residual=res))
+    for name, t, r in zip(("fp32", "bf16", "accumulate", "residual"), *results.values()):
+        assert torch.equal(t, r), f"{name}: TMA and register stores differ"
+    assert torch.equal(results[True][2], base + results[True][0])
 
 
 @pytest.mark.parametrize("qblock", [32, 64, 128])

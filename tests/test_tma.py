@@ -23,10 +23,11 @@ def test_tile_map_is_a_128_byte_argument():
     assert tile_map(q.data_ptr(), 299, 160).tobytes() != m.tobytes()
 
 
-@pytest.mark.parametrize("box_rows,box_bytes", [(128, 48), (0, 32), (257, 32)])
-def test_tile_map_rejects_unsupported_boxes(box_rows, box_bytes):
+@pytest.mark.parametrize("box_rows,box_bytes,elem", [(128, 48, 1), (0, 32, 1), (257, 32, 1),
+                                                    (128, 128, 8)])
+def test_tile_map_rejects_unsupported_boxes(box_rows, box_bytes, elem):
     with pytest.raises(ValueError, match="not supported"):
-        tile_map(0x1000, 256, 128, box_rows, box_bytes)
+        tile_map(0x1000, 256, 128, box_rows, box_bytes, elem)
 
 
 @pytest.mark.gpu
@@ -35,3 +36,11 @@ def test_tile_map_keys_on_the_box():
     full, narrow = tile_map(q.data_ptr(), 256, 128), tile_map(q.data_ptr(), 256, 128, 128, 32)
     assert narrow is not full and narrow.tobytes() != full.tobytes()
     assert tile_map(q.data_ptr(), 256, 128, 32, 32).tobytes() != narrow.tobytes()
+
+
+@pytest.mark.gpu
+def test_tile_map_keys_on_the_element_size():
+    """The epilogues' fp32 / bf16 maps (int8_gemm_sm90.float_args): the same bytes as another type."""
+    c = torch.zeros(256, 64, device="cuda")
+    maps = [tile_map(c.data_ptr(), 256, 256, 128, 128, elem) for elem in (1, 2, 4)]
+    assert len({m.tobytes() for m in maps}) == 3
