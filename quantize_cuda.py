@@ -233,7 +233,10 @@ QUANTIZE_SRC = COMMON + LOAD16_SRC + r"""
 // part_cols columns each (a multiple of QB, so that a block lies in one part), or x alone
 // (part_cols = its width): the attention's dq, dk, dv become one dqkv without a concatenation.
 
-extern "C" __global__ void __launch_bounds__(NT)
+#ifndef MIN_CTAS
+#define MIN_CTAS 1                    // CTAs an SM must be able to hold (caps the registers)
+#endif
+extern "C" __global__ void __launch_bounds__(NT, MIN_CTAS)
 quantize_kernel(const xt* __restrict__ x, const xt* __restrict__ x1, const xt* __restrict__ x2,
                 int part_cols, int rows, int Rb, int Cb,
                 i8* __restrict__ q, float* __restrict__ s,
@@ -448,6 +451,13 @@ def check_qtensor(t, name):
 # ---------------------------------------------------------------------------------------------
 # launchers
 
+# quantize_kernel's MIN_CTAS by (QB, TRANS) where not 1. At QB = 128 its 57 registers leave room for
+# 2 CTAs of 512 threads; with the transposed copy (TRANS = 1) 3 CTAs of 40 registers (a few spill)
+# take 0.73-0.95x the time, but the plain and transposed-only fp32 weights 1.1-1.3x
+# (notes/quantize_occupancy_ab.log). At QB = 32 fewer registers did not pay.
+QUANTIZE_MIN_CTAS = {(128, 1): 3}
+
+
 def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
                   transposed=False, parts=()):
     """x (..., C) fp32/bf16 CUDA, contiguous -> QTensor (and its transpose if with_t; only its
@@ -477,7 +487,8 @@ def quantize_cuda(x, qblock=32, stochastic=False, generator=None, with_t=False,
     seed = draw_seed(generator) if stochastic else (np.uint32(0), np.uint32(0))
     kernel = get_kernel(QUANTIZE_SRC, "quantize_kernel",
                         (f"QB={qblock}", f"X_BF16={int(bf16)}", f"VEC={int(vec)}",
-                         f"SR={int(stochastic)}", f"TRANS={trans}"), x.device)
+                         f"SR={int(stochastic)}", f"TRANS={trans}",
+                         f"MIN_CTAS={QUANTIZE_MIN_CTAS.get((qblock, trans), 1)}"), x.device)
     x1, x2 = (parts + (x, x))[:2]                           # (unread where absent)
     launch(kernel, block_grid(Rb * Cb, qblock), (threads(qblock),),
            (x, x1, x2, np.int32(part_cols), np.int32(rows), np.int32(Rb), np.int32(Cb), q, s,
