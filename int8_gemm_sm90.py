@@ -30,9 +30,12 @@ finish this one):
 The two consumer warpgroups interleave too: one's promotion runs while the other's wgmma
 occupies the tensor cores. Partial tiles: rows past Mp / Np and K past Kp are zero-filled by
 TMA, their scales load as 0, and the stores are masked; so any Mp, Np, Kp multiple of QB works.
-The int8 epilogues write the tile's bytes into shared memory (swizzled like the operands) and one
-thread stores it with TMA: 2-byte stores from the registers took longer than the rest of the
-epilogue (notes/epilogue_probe.log).
+The epilogues write the tile into shared memory (swizzled like the operands) and one thread stores
+it with TMA, so the consumers go on to the next tile while the copy engine writes: int8 (2-byte
+stores from the registers took longer than the rest of the epilogue, notes/epilogue_probe.log),
+and fp32 / bf16 (out_mode: the weight gradient's accumulate is a TMA reduce-add into C, a
+residual is TMA-loaded into the C tile during the K loop; 0.85-0.98x the time of the register
+stores, which rows not 16-byte aligned keep: notes/tma_out_ab.log).
 
 The shared-memory layout, the PTX wrappers and the producer are in int8_gemm_sm90_ring.py; the
 fused fallback plane (the fallback operand's second plane, fallback.py, run as extra K-blocks
