@@ -348,11 +348,11 @@ __device__ __forceinline__ void stage_int8_rows(const float (&acc)[NACC], const 
     }
 }
 
-// A consumer thread's accumulators -> the C tile as fp32 (or BF16) rows, in TMA's boxes of 128
-// rows x 128 bytes (32 fp32 / 64 bf16 columns; box j at C_BOX j), 128-byte swizzled like the
-// int8 rows above: a warp's pair stores touch each bank at most twice (fp32) / once (bf16).
-// RESIDUAL: the C tile holds the residual's tile (TMA-loaded, landed): out = acc + residual, every
-// old pair loaded before the first store.
+// The C tile's boxes of 128 rows x 128 bytes (`cols` fp32 or bf16 columns each) that hold any of
+// the tile at column n0 of C's N: the rest lie wholly past N and are neither loaded nor stored.
+__device__ __forceinline__ int c_boxes(int N, int n0, int cols) {
+    return min(128 / cols, (N - n0 + cols - 1) / cols);
+}
 // the C tile address of the thread's pair i (acc[i], acc[i + 1]) in stage_float_rows' layout
 template <bool BF16>
 __device__ __forceinline__ unsigned float_pair_at(unsigned ctile, int r, int c0, int i) {
@@ -361,6 +361,11 @@ __device__ __forceinline__ unsigned float_pair_at(unsigned ctile, int r, int c0,
     return ctile + c / PER_BOX * C_BOX + rr * 128 + ((c % PER_BOX / PER_CHUNK ^ rr % 8) << 4)
            + c % PER_CHUNK * ESZ;
 }
+// A consumer thread's accumulators -> the C tile as fp32 (or BF16) rows, in TMA's boxes of 128
+// rows x 128 bytes (32 fp32 / 64 bf16 columns; box j at C_BOX j), 128-byte swizzled like the
+// int8 rows above: a warp's pair stores touch each bank at most twice (fp32) / once (bf16).
+// RESIDUAL: the C tile holds the residual's tile (TMA-loaded, landed): out = acc + residual, the
+// old pairs of a chunk loaded before its stores.
 template <bool BF16, bool RESIDUAL>
 __device__ __forceinline__ void stage_float_rows(const float (&acc)[NACC], unsigned ctile, int r,
                                                  int c0) {
@@ -398,7 +403,7 @@ __device__ __forceinline__ void stage_float_rows(const float (&acc)[NACC], unsig
 // last tile's store has read it.
 __device__ __forceinline__ void load_residual(const TensorMap* add_map, unsigned base, int m0,
                                               int n0, int N) {
-    const int boxes = min(4, (N - n0 + 31) / 32);
+    const int boxes = c_boxes(N, n0, 32);
     bulk_wait_read();
     mbar_arrive_expect_tx(base + SMEM_CBAR, boxes * C_BOX);
     for (int j = 0; j < boxes; ++j) tma_load(base + SMEM_C + j * C_BOX, add_map, n0 + 32 * j, m0,
@@ -475,7 +480,7 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
         fence_proxy_async();                          // st.shared -> visible to the TMA's reads
         consumer_sync();
         if (ct == 0) {
-            const int cols = out_bf16 ? 64 : 32, boxes = min(128 / cols, (N - n0 + cols - 1) / cols);
+            const int cols = out_bf16 ? 64 : 32, boxes = c_boxes(N, n0, cols);
             for (int j = 0; j < boxes; ++j) {
                 if (out_mode == ACCUMULATE) tma_store<true>(out_map, n0 + cols * j, m0, ctile + j * C_BOX);
                 else tma_store(out_map, n0 + cols * j, m0, ctile + j * C_BOX);
@@ -522,7 +527,7 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
     }
 }
 
-// The kernel body. The grid is at most one CTA per SM (it holds 182 KB of shared memory at
+// The kernel body. The grid is at most one CTA per SM (it holds 231 KB of shared memory at
 // QB = 32 and all 64K registers); CTA b computes tiles b, b + gridDim.x, ... (tile_origin's
 // order), the producer running ahead into the next tile while the consumers finish this one.
 template <int OUT_INT8>
@@ -679,6 +684,9 @@ def _launch(name, a, b, args, exact, source, persistent, out_map=()):
            shared_mem=_smem_bytes(a.qblock))
 
 
+OUT_REGS, OUT_STORE, OUT_ACCUMULATE, OUT_RESIDUAL = range(4)     # the kernel's enum OutMode
+
+
 def out_mode(c, add, N, tma_out=True):
     """The float kernel's OutMode for C (M x N, c) += add: through the C tile and TMA where C's
     rows (and add's) are 16-byte aligned, STORE / ACCUMULATE (add is c) / RESIDUAL; else REGS,
@@ -686,8 +694,10 @@ def out_mode(c, add, N, tma_out=True):
     aligned = c.data_ptr() % 16 == 0 and N * c.element_size() % 16 == 0
     if not tma_out or not aligned or (add is not None and (c.dtype != torch.float32
                                                            or add.data_ptr() % 16)):
-        return 0
-    return 1 if add is None else 2 if add.data_ptr() == c.data_ptr() else 3
+        return OUT_REGS
+    if add is None:
+        return OUT_STORE
+    return OUT_ACCUMULATE if add.data_ptr() == c.data_ptr() else OUT_RESIDUAL
 
 
 def float_args(a, b, c, M, N, add=None, tma_out=True):
@@ -697,8 +707,8 @@ def float_args(a, b, c, M, N, add=None, tma_out=True):
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     mode = out_mode(c, add, N, tma_out)
     elem = c.element_size()
-    out_map = tile_map(c.data_ptr(), M, N * elem, TILE, 128, elem) if mode else NO_MAP
-    add_map = tile_map(add.data_ptr(), M, N * 4, TILE, 128, 4) if mode == 3 else NO_MAP
+    out_map = tile_map(c.data_ptr(), M, N * elem, TILE, 128, elem) if mode != OUT_REGS else NO_MAP
+    add_map = tile_map(add.data_ptr(), M, N * 4, TILE, 128, 4) if mode == OUT_RESIDUAL else NO_MAP
     return (a.s, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add,
             out_map, add_map, np.int32(mode))

@@ -129,7 +129,8 @@ def test_tma_float_epilogues_match_register_stores(M, K, N, qblock, kernel, monk
     for tma_out in (True, False):
         monkeypatch.setattr(sm90, "launch_float", functools.partial(launch, tma_out=tma_out))
         acc = base.clone()
-        assert sm90.out_mode(acc, acc, N, tma_out) == (2 if tma_out else 0)
+        assert sm90.out_mode(acc, acc, N, tma_out) == (sm90.OUT_ACCUMULATE if tma_out
+                                                       else sm90.OUT_REGS)
         results[tma_out] = (gemm_cuda(ta, tb), gemm_cuda(ta, tb, out_dtype=torch.bfloat16),
                             gemm_cuda(ta, tb, accumulate=acc), gemm_cuda(ta, tb, residual=res))
     for name, t, r in zip(("fp32", "bf16", "accumulate", "residual"), *results.values()):
