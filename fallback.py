@@ -49,7 +49,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from quantize import (QMAX, QTensor, as_2d, block_absmax, blocks, capturing, check_finite,
-                      check_float, dequantize, on_cuda, pad_2d, quantize)
+                      check_float, dequantize, on_cuda, pad_2d, quantize, with_transposed_plane)
 
 RULES = ("crest", "median", "topk")
 DEFAULT_RULE = "median"
@@ -382,25 +382,29 @@ def plane_from_scales(fallback):
     return fallback is None or fallback[0] != "crest"
 
 
-def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None):
+def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None, with_t=False):
     """Quantize x and give its outlier blocks a second plane; fallback = Spec or
-    (rule, threshold). The first plane is exactly quantize(x, qblock, stochastic)."""
+    (rule, threshold). The first plane is exactly quantize(x, qblock, stochastic).
+    with_t: return (t, t.t()), both layouts from one quantize pass, the plane transposed."""
     rule, threshold, _ = Spec(*fallback)
     check_float(x)
     if not x.is_cuda:          # (CUDA: the quantize kernel flags NaN/Inf itself, with no sync)
         check_finite(x)
     if x.is_cuda and x.dtype not in (torch.float32, torch.bfloat16):
         x = x.float()          # (once, for the quantize and the residual kernels alike)
-    t = quantize(x, qblock, stochastic, generator)
+    t, tt = quantize(x, qblock, stochastic, generator, with_t=True) if with_t else (
+        quantize(x, qblock, stochastic, generator), None)
     if on_kernels(t, fallback):
-        return plane_from_source(t, fallback, "copy", x=as_2d(x).contiguous())
-    xp = pad_2d(as_2d(x), qblock)                                  # (R, C), a view if aligned
-    if rule == "crest":
-        scores = outlier_scores(xp.float(), qblock, rule, logical=(t.rows, t.cols))
+        plane_from_source(t, fallback, "copy", x=as_2d(x).contiguous())
     else:
-        scores = scale_scores(t.s, rule)
-    flags = flags_from_scores(scores, rule, threshold)
-    return plane_with_flags(t, flags, gathered_blocks(xp, qblock), fallback)
+        xp = pad_2d(as_2d(x), qblock)                              # (R, C), a view if aligned
+        if rule == "crest":
+            scores = outlier_scores(xp.float(), qblock, rule, logical=(t.rows, t.cols))
+        else:
+            scores = scale_scores(t.s, rule)
+        flags = flags_from_scores(scores, rule, threshold)
+        plane_with_flags(t, flags, gathered_blocks(xp, qblock), fallback)
+    return (t, with_transposed_plane(tt, t)) if with_t else t
 
 
 def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
@@ -480,9 +484,9 @@ class FallbackConfig:
         with_t: (t, t.t()), both layouts (plain int8: from one pass over x)."""
         if not self.enabled:
             return quantize(x, qblock, stochastic, with_t=with_t)
-        t = quantize_with_plane(x, qblock, self.spec_for(name), stochastic)
-        self.record(name, t)
-        return (t, t.t()) if with_t else t
+        out = quantize_with_plane(x, qblock, self.spec_for(name), stochastic, with_t=with_t)
+        self.record(name, out[0] if with_t else out)
+        return out
 
     def fractions(self):
         """The last forward's flagged fractions as floats: one host sync for all of them."""

@@ -8,24 +8,27 @@ residual) and ~20 more per GEMM that reads the plane (plane_lists): launched fro
 made a fallback training step 2-4x a plain int8 step on the host alone. Here it is four kernels:
 
     scale_histogram (many CTAs)    the scale grid s (n blocks) -> a histogram of the top 12 bits
-                                   of the scales, and their zeros
+                                   of the scales, and their zeros (grids of more than
+                                   OWN_HIST_MAX blocks; plane_select makes a smaller one's)
     plane_select    (1 CTA)        s and that histogram -> the flags, and for each flagged block
                                    its slot in q2 (block order), the slot -> block list, and the
                                    counts (flagged, of them given a slot)
     plane_residual  (1 CTA a slot) the flagged blocks' float values, recomputed from the op's
                                    inputs -> residual r = y - q1 s1 -> q2, s2
-    plane_lists     (1 CTA a list) the K-block lists the fused wgmma GEMM reads
+    plane_lists     (1 CTA a list) the K-block lists the fused wgmma GEMM reads, and the order
+                                   in which its CTAs take the tiles
 
 The median is an exact radix select over the scales' bits (scales are >= 0, so their bits sort
 like the floats): the top 12 bits from the histogram, the next 8 by one pass over s, the last
 12 by two passes over the few scales that share those 20 bits, copied to shared memory. The
-rule's flag is then a cut on the bits (s / med > threshold is monotone in s: bisection, one
-division a step), and the slots a CTA-wide prefix count of the flags over consecutive blocks,
-so the k-th flagged block in block order gets slot k, as nonzero() would give it.
-plane_select runs on one CTA because the grid is small (a 16384 x 2048 activation has 32768
-blocks at QB = 32) and the prefix count needs all of it in order: ~30 us a call on an H100 for
-16k-64k blocks (profile_block.py); the whole plane costs ~0.04 ms of GPU time where the torch ops
-took ~0.2 ms (16384 x 2048, bench.py --only fallback).
+rule's flag is then a cut on the bits (s / med > threshold is monotone in s: a warp tests the
+32 keys around med * threshold at once, bisection where that misses), and the slots a CTA-wide
+prefix count of the flags over consecutive blocks, so the k-th flagged block in block order
+gets slot k, as nonzero() would give it. plane_select runs on one CTA because the grid is small
+(a 16384 x 2048 activation has 32768 blocks at QB = 32) and the prefix count needs all of it in
+order: ~30 us a call on an H100 for 16k-64k blocks, ~12 us for 1k-4k blocks with the
+histogram kernel and the bisection (profile_block.py); the whole plane costs ~0.04 ms of GPU
+time where the torch ops took ~0.2 ms (16384 x 2048, bench.py --only fallback).
 
 Arithmetic, bit exact with fallback.py's torch path where the float values are the same (a
 plain quantize: the 'copy' source; the ops' recomputes are the kernels' own formulas):
@@ -45,9 +48,10 @@ from fallback import check_threshold, topk_count
 from int8_gemm_sm90_ring import TILE
 from quantize import get_kernel, launch
 
-SELECT_THREADS = 1024
+SELECT_THREADS = {4096: 1024, 16384: 1024}   # plane_select's CTA size by grid size (up to)
 HIST_THREADS = 256
 HIST_BINS = 4096
+OWN_HIST_MAX = 16384    # grids up to this many blocks: plane_select makes its own histogram
 LIST_THREADS = 256
 RESIDUAL_THREADS = 256
 
@@ -58,9 +62,9 @@ COMMON_SRC = r"""
 typedef unsigned int u32;
 typedef signed char i8;
 
-// exclusive prefix sum over the CTA of one int per thread (NT <= 1024: at most 32 warps);
+// exclusive prefix sum over the CTA of one int per thread (THREADS <= 1024: 32 warps at most);
 // *total gets the sum. sh: 33 ints of shared memory. Every thread must call it.
-template <int NT>
+template <int THREADS>
 __device__ __forceinline__ int cta_exclusive_sum(int v, int* sh, int* total) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int inc = v;
@@ -73,7 +77,7 @@ __device__ __forceinline__ int cta_exclusive_sum(int v, int* sh, int* total) {
     if (lane == 31) sh[warp] = inc;
     __syncthreads();
     if (warp == 0) {
-        const int w = lane < NT / 32 ? sh[lane] : 0;
+        const int w = lane < THREADS / 32 ? sh[lane] : 0;
         int winc = w;
         #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
@@ -132,8 +136,9 @@ scale_histogram_kernel(const float* __restrict__ s, int n, int* __restrict__ his
 """
 
 SELECT_SRC = COMMON_SRC + r"""
-#define NT 1024
+// NT (256, 512 or 1024 threads) comes in as -D, from the launcher
 #define BINS 4096
+#define BPT (BINS / NT)                          // level-1 bins per thread
 #define NSUB 8                                   // histograms per pass (4 warps share one)
 #define CAND 8192                                // candidate keys kept in shared memory
 #define PER 8                                    // consecutive blocks per thread, slot pass
@@ -209,25 +214,60 @@ __device__ int radix_pass(const u32* keys, int count, int shift, u32& prefix, u3
     return matched;
 }
 
+// Level 1 of the radix select in this CTA, for a small grid (the launcher runs no
+// scale_histogram then): the histogram of the keys' top 12 bits into S.cand (free until kth_key
+// collects its candidates there), as scale_histogram makes it. Returns the zero keys' count.
+__device__ int own_histogram(const float* s, int n, Shared& S) {
+    int* h = (int*)S.cand;
+    const int lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < BINS; i += NT) h[i] = 0;
+    if (threadIdx.x == 0) S.sh[38] = 0;
+    __syncthreads();
+    int zeros = 0;
+    for (int base = 0; base < n; base += 8 * NT) {
+        u32 kk[8];
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {                    // all loads first
+            const int i = base + u * NT + threadIdx.x;
+            kk[u] = i < n ? __float_as_uint(s[i]) : 0u;
+        }
+        #pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const bool live = base + u * NT + (int)threadIdx.x < n;
+            zeros += live && kk[u] == 0u;
+            const unsigned act = __ballot_sync(0xffffffffu, live);
+            if (live) {
+                const unsigned peers = __match_any_sync(act, kk[u] >> 20);
+                if (lane == __ffs(peers) - 1) atomicAdd(&h[kk[u] >> 20], __popc(peers));
+            }
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) zeros += __shfl_xor_sync(0xffffffffu, zeros, o);
+    if (lane == 0 && zeros) atomicAdd(&S.sh[38], zeros);
+    __syncthreads();
+    return S.sh[38];
+}
+
 // The k-th smallest (from 0) of the n keys s (the bits of floats >= 0 sort as the floats):
-// the top 12 bits from scale_histogram's hist (which is zeroed here for the next call), 8 more
-// by a pass over s, and the last 12 by two passes over the few keys that match those 20 bits,
-// copied to shared memory (or over s again if more than CAND match). *above gets the number
-// of keys greater than the result.
+// the top 12 bits from scale_histogram's hist (which is zeroed here for the next call; nullptr:
+// own_histogram's, in S.cand), 8 more by a pass over s, and the last 12 by two passes over the
+// few keys that match those 20 bits, copied to shared memory (or over s again if more than CAND
+// match). *above gets the number of keys greater than the result.
 __device__ u32 kth_key(const float* s, int n, int k, int* hist, Shared& S, int* above) {
     const int target = k;
-    int c[4], before, all;
+    int c[BPT], before, all, mine = 0;
+    const int* h = hist ? hist : (const int*)S.cand;
     #pragma unroll
-    for (int j = 0; j < 4; ++j) c[j] = hist[4 * threadIdx.x + j];
-    before = cta_exclusive_sum<NT>(c[0] + c[1] + c[2] + c[3], S.sh, &all);
+    for (int j = 0; j < BPT; ++j) mine += c[j] = h[BPT * threadIdx.x + j];
+    before = cta_exclusive_sum<NT>(mine, S.sh, &all);
     #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < BPT; ++j) {
         if (before <= k && k < before + c[j]) {
-            S.sh[34] = 4 * threadIdx.x + j;
+            S.sh[34] = BPT * threadIdx.x + j;
             S.sh[35] = k - before;
         }
         before += c[j];
-        hist[4 * threadIdx.x + j] = 0;                   // (this thread's own bins, read above)
+        if (hist) hist[BPT * threadIdx.x + j] = 0;       // (this thread's own bins, read above)
     }
     __syncthreads();
     u32 prefix = (u32)S.sh[34] << 20, mask = 0xfff00000u;
@@ -272,19 +312,24 @@ __device__ u32 kth_key(const float* s, int n, int k, int* hist, Shared& S, int* 
 //   rule 1 'topk':   the k largest s that are > 0 (ties at the k-th value in block order)
 // slot[i] = the number of flagged blocks before i if block i is flagged and that is < cap,
 // else -1; idx[j] = the block in slot j, -1 for the spare slots (j >= the flagged count);
-// counts = {flagged, flagged with a slot}. hist: scale_histogram's, run just before on s.
+// counts = {flagged, flagged with a slot}. hist: scale_histogram's, run just before on s, or
+// nullptr: a small grid, whose histogram this CTA makes itself (own_histogram).
 extern "C" __global__ void __launch_bounds__(NT, 1)
 plane_select_kernel(const float* __restrict__ s, int n, int rule, float threshold, int k,
                     int cap, int* __restrict__ hist, int* __restrict__ slot,
                     int* __restrict__ idx, int* __restrict__ counts) {
     __shared__ Shared S;
-    const int zeros = hist[BINS];
-    __syncthreads();
-    if (threadIdx.x == 0) hist[BINS] = 0;
+    int zeros;
+    if (hist) {
+        zeros = hist[BINS];
+        __syncthreads();
+        if (threadIdx.x == 0) hist[BINS] = 0;
+    } else {
+        zeros = own_histogram(s, n, S);
+    }
 
     // median: flag = key > cut (s / med > threshold is monotone in s, so it is a cut on the
-    // keys, found by bisection, one division a step); topk: key > cut, or == cut for the
-    // first `need` such keys in block order
+    // keys); topk: key > cut, or == cut for the first `need` such keys in block order
     u32 cut = INF_KEY;
     int need = 0;
     if (rule == 0) {
@@ -292,14 +337,25 @@ plane_select_kernel(const float* __restrict__ s, int n, int rule, float threshol
         int above;
         const u32 mk = kth_key(s, n, (2 * n - 1 - m) / 2, hist, S, &above);   // lower median
         const float med = mk ? __uint_as_float(mk) : 1.0f;
-        if (threadIdx.x == 0) {
-            u32 lo = 0, hi = INF_KEY;                    // lo: not flagged; hi: flagged
-            if (!(__fdiv_rn(__uint_as_float(hi), med) > threshold)) lo = hi;
-            while (hi - lo > 1) {
-                const u32 mid = lo + (hi - lo) / 2;
-                if (__fdiv_rn(__uint_as_float(mid), med) > threshold) hi = mid; else lo = mid;
+        if (threadIdx.x < 32) {
+            // the cut is within an ulp or two of med * threshold: the warp tests the 32 keys
+            // around it at once, and bisects (one division a step) if the window misses it
+            const u32 g = __float_as_uint(__fmul_rn(med, threshold)), lane = threadIdx.x;
+            unsigned up = 0u;
+            if (g >= 16u && g < INF_KEY - 16u)
+                up = __ballot_sync(0xffffffffu,
+                                   __fdiv_rn(__uint_as_float(g - 16u + lane), med) > threshold);
+            u32 lo = g - 16u + __ffs(up) - 2;            // the key below the first flagged one
+            if ((up == 0u || up == 0xffffffffu) && lane == 0) {
+                u32 hi = INF_KEY;                        // lo: not flagged; hi: flagged
+                lo = 0;
+                if (!(__fdiv_rn(__uint_as_float(hi), med) > threshold)) lo = hi;
+                while (hi - lo > 1) {
+                    const u32 mid = lo + (hi - lo) / 2;
+                    if (__fdiv_rn(__uint_as_float(mid), med) > threshold) hi = mid; else lo = mid;
+                }
             }
-            S.sh[37] = (int)lo;
+            if (lane == 0) S.sh[37] = (int)lo;
         }
         __syncthreads();
         cut = (u32)S.sh[37];
@@ -307,8 +363,8 @@ plane_select_kernel(const float* __restrict__ s, int n, int rule, float threshol
         int above;
         cut = kth_key(s, n, n - k, hist, S, &above);     // the k-th largest
         need = k - above;
-    } else {
-        for (int j = 0; j < 4; ++j) hist[4 * threadIdx.x + j] = 0;
+    } else if (hist) {
+        for (int j = 0; j < BPT; ++j) hist[BPT * threadIdx.x + j] = 0;
     }
 
     // the slot pass: tiles of NT * PER blocks, PER consecutive ones a thread
@@ -479,11 +535,18 @@ LISTS_SRC = COMMON_SRC + r"""
 // (Rb, Kb). A K-block is listed when one of them has a slot in [0, n2). Writes the stable
 // partition of 0..Kb-1 (the listed K-blocks ascending, then the rest ascending), their count,
 // and per entry the RL slots (-1: none) and their scales s2 (0: none).
+// The last CTA to finish (done: a counter, zero between calls) then writes `order`, the stable
+// partition of the plane operand's 128-row tiles (`halves` lists each): those with a listed
+// K-block first. The GEMM's CTAs walk the tiles in that order, so that tiles with plane stages,
+// which take longer, go first and to different CTAs (flagged blocks come in runs of rows, such
+// as a sequence's first tokens: in tile order a CTA could get several of them).
 extern "C" __global__ void __launch_bounds__(NT)
 plane_lists_kernel(const int* __restrict__ slot, int Rb, int Kb, int n2,
                    const float* __restrict__ s2, int* __restrict__ listed,
-                   int* __restrict__ count, int* __restrict__ slots, float* __restrict__ scales) {
+                   int* __restrict__ count, int* __restrict__ slots, float* __restrict__ scales,
+                   int halves, int* __restrict__ order, int* __restrict__ done) {
     __shared__ int sh[33];
+    __shared__ bool last;
     const int L = blockIdx.x, r0 = L * RL;
     auto slot_at = [&](int i, int k) -> int {            // -1 past the grid or outside q2
         if (r0 + i >= Rb) return -1;
@@ -514,7 +577,32 @@ plane_lists_kernel(const int* __restrict__ slot, int Rb, int Kb, int n2,
         before_f += chunk;
         before_u += min(NT, Kb - k0) - chunk;
     }
-    if (threadIdx.x == 0) count[L] = n_listed;
+    if (threadIdx.x == 0) {
+        count[L] = n_listed;
+        __threadfence();                                 // the count, before the arrival
+        last = atomicAdd(done, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();                                     // every CTA's count, after its arrival
+    const int tiles = gridDim.x / halves;
+    auto heavy = [&](int t) -> int {
+        if (t >= tiles) return 0;
+        int any = 0;
+        for (int h = 0; h < halves; ++h) any |= __ldcg(count + t * halves + h) > 0;
+        return any;
+    };
+    int n_heavy = 0;
+    for (int t0 = 0; t0 < tiles; t0 += NT) n_heavy += __syncthreads_count(heavy(t0 + threadIdx.x));
+    int before_h = 0, before_l = n_heavy;
+    for (int t0 = 0; t0 < tiles; t0 += NT) {
+        const int t = t0 + threadIdx.x, f = heavy(t);
+        const int pre = cta_exclusive_sum<NT>(f, sh, &chunk);
+        if (t < tiles) order[f ? before_h + pre : before_l + threadIdx.x - pre] = t;
+        before_h += chunk;
+        before_l += min(NT, tiles - t0) - chunk;
+    }
+    if (threadIdx.x == 0) *done = 0;                     // for the next call
 }
 """
 
@@ -534,6 +622,11 @@ def _histogram(device):
     return _hist[key]
 
 
+def select_threads(n):
+    """plane_select's CTA size for a grid of n blocks (SELECT_THREADS; 1024 above)."""
+    return next((nt for most, nt in sorted(SELECT_THREADS.items()) if n <= most), 1024)
+
+
 def select_cuda(s, rule, threshold, capacity):
     """scale_histogram + plane_select on a scale grid s (Rb, Cb) fp32 CUDA. capacity: slots in
     q2 (None: every block, for an exact count). Returns slot (Rb, Cb) int32, idx (capacity,)
@@ -542,7 +635,7 @@ def select_cuda(s, rule, threshold, capacity):
     if rule not in RULE_IDS:
         raise ValueError(f"plane_select takes the rules {tuple(RULE_IDS)}, got {rule!r}")
     n = s.numel()
-    if n == 0 or n >= 2**31 - SELECT_THREADS * 8:
+    if n == 0 or n >= 2**31 - 1024 * 8:
         raise ValueError(f"plane_select: a scale grid of {n} blocks is out of range")
     cap = n if capacity is None else capacity
     k = 0
@@ -555,12 +648,15 @@ def select_cuda(s, rule, threshold, capacity):
         s = s.clone(memory_format=torch.contiguous_format)
     buf = torch.empty((n + cap + 2,), dtype=torch.int32, device=dev)   # one allocation:
     slot, idx, counts = buf[:n].view(s.shape), buf[n:n + cap], buf[n + cap:]  # (host time)
-    hist = _histogram(dev)
-    per_cta = HIST_THREADS * 16
-    launch(get_kernel(HIST_SRC, "scale_histogram_kernel", (), dev), (-(-n // per_cta),),
-           (HIST_THREADS,), (s, np.int32(n), hist))
+    hist = np.uint64(0)                    # a small grid: plane_select makes the histogram
+    if n > OWN_HIST_MAX:
+        hist = _histogram(dev)
+        per_cta = HIST_THREADS * 16
+        launch(get_kernel(HIST_SRC, "scale_histogram_kernel", (), dev), (-(-n // per_cta),),
+               (HIST_THREADS,), (s, np.int32(n), hist))
     thr = np.float32(threshold if rule == "median" and math.isfinite(threshold) else 0.0)
-    launch(get_kernel(SELECT_SRC, "plane_select_kernel", (), dev), (1,), (SELECT_THREADS,),
+    nt = select_threads(n)
+    launch(get_kernel(SELECT_SRC, "plane_select_kernel", (f"NT={nt}",), dev), (1,), (nt,),
            (s, np.int32(n), np.int32(RULE_IDS[rule]), thr, np.int32(k), np.int32(cap), hist,
             slot, idx, counts))
     return slot, idx, counts
@@ -587,6 +683,18 @@ def residual_cuda(t, idx, source, x=None, xs=None, mean=None, rstd=None, w=None,
     return q2, s2
 
 
+_done = {}
+
+
+def _done_counter(device):
+    """plane_lists_kernel's arrival counter for a device: zero between calls (its last CTA
+    resets it)."""
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _done:
+        _done[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _done[key]
+
+
 def plane_lists_cuda(slot, s2, qblock, halves=1):
     """fallback's plane_lists (int8_gemm_sm90_plane.py) in one kernel: same outputs, bit for
     bit."""
@@ -599,8 +707,9 @@ def plane_lists_cuda(slot, s2, qblock, halves=1):
     count = torch.empty((lists,), dtype=torch.int32, device=dev)
     slots = torch.empty((lists, Kb, rl), dtype=torch.int32, device=dev)
     scales = torch.empty((lists, Kb, rl), dtype=torch.float32, device=dev)
+    order = torch.empty((lists // halves,), dtype=torch.int32, device=dev)
     kernel = get_kernel(LISTS_SRC, "plane_lists_kernel", (f"RL={rl}",), dev)
     launch(kernel, (lists,), (LIST_THREADS,),
-           (slot.contiguous(), np.int32(Rb), np.int32(Kb), np.int32(s2.shape[0]), s2.contiguous(), listed,
-            count, slots, scales))
-    return listed, count, slots, scales
+           (slot.contiguous(), np.int32(Rb), np.int32(Kb), np.int32(s2.shape[0]), s2.contiguous(),
+            listed, count, slots, scales, np.int32(halves), order, _done_counter(dev)))
+    return listed, count, slots, scales, order

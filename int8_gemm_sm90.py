@@ -566,7 +566,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     int np = plane_stages_of(pl, blockIdx.x, Mp, Np);
     for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
         int m0, n0;
-        tile_origin(tile, Mp, Np, m0, n0);
+        plane_tile_origin(pl, tile, Mp, Np, m0, n0);
         if (!OUT_INT8 && out_mode == RESIDUAL && ct == 0) load_residual(add_map, base, m0, n0, N);
         float acc[NACC];
         #pragma unroll
@@ -591,11 +591,12 @@ gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_con
                        const __grid_constant__ TensorMap out_map,
                        const __grid_constant__ TensorMap add_map, int out_mode,
                        const int* p_list, const int* p_count,
-                       const int* p_slot, const float* p_s2, int p_stride, int p_halves,
+                       const int* p_slot, const float* p_s2, const int* p_order,
+                       int p_stride, int p_halves,
                        int p_on_b, const __grid_constant__ TensorMap p_omap,
                        const __grid_constant__ TensorMap p_qmap) {
     gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, add, nullptr, 0, 0u,
-                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
+                 Plane{p_list, p_count, p_slot, p_s2, p_order, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
                  &out_map, &add_map, out_mode);
 }
 
@@ -605,13 +606,14 @@ gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_cons
                       const float* __restrict__ Bs, float* q_s, int Mp, int Np, int Kp,
                       int stochastic, unsigned seed, const unsigned* __restrict__ salt,
                       const int* p_list, const int* p_count,
-                      const int* p_slot, const float* p_s2, int p_stride, int p_halves,
+                      const int* p_slot, const float* p_s2, const int* p_order,
+                      int p_stride, int p_halves,
                       int p_on_b, const __grid_constant__ TensorMap p_omap,
                       const __grid_constant__ TensorMap p_qmap) {
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, nullptr, 0, nullptr, q_s,
                  stochastic, seed,
-                 Plane{p_list, p_count, p_slot, p_s2, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
+                 Plane{p_list, p_count, p_slot, p_s2, p_order, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
                  nullptr, nullptr, 0);
 }
 """

@@ -59,12 +59,27 @@ struct Plane {                   // (q2 itself: the p_qmap tensor map)
     const int* count;            // (lists,) int32, lists = tiles * halves; nullptr: no plane
     const int* slot;             // (lists, stride, RL) int32: q2 index of each row block, or -1
     const float* s2;             // (lists, stride, RL) fp32: its scale, or 0
+    const int* order;            // (tiles,) int32: the plane operand's tiles, those with a list
+                                 // entry first; nullptr: no plane
     int stride, halves, on_b;    // on_b: the plane belongs to B (tile rows: n0) not A
 };
 
 // The tile of the plane operand that this CTA's rows (A) or columns (B) fall in
 __device__ __forceinline__ int plane_tile(const Plane& pl, int m0, int n0) {
     return (pl.on_b ? n0 : m0) / BM;
+}
+
+// Tile `tile` of C (a CTA takes tiles blockIdx.x, + gridDim.x, ...) -> its origin: tile_origin,
+// with the plane operand's 128-row tiles taken in pl.order. The tiles with plane stages take
+// longer and come in runs (a sequence's first tokens); in plain order one CTA may get several
+// of them and finish last. Taken first, they go one to a CTA.
+__device__ __forceinline__ void plane_tile_origin(const Plane& pl, int tile, int Mp, int Np,
+                                                  int& m0, int& n0) {
+    tile_origin(tile, Mp, Np, m0, n0);
+    if (pl.order) {
+        if (pl.on_b) n0 = pl.order[n0 / BM] * BM;
+        else m0 = pl.order[m0 / BM] * BM;
+    }
 }
 """
 
@@ -81,7 +96,7 @@ __device__ __forceinline__ int plane_stages(const Plane& pl, int m0, int n0) {
 __device__ __forceinline__ int plane_stages_of(const Plane& pl, int tile, int Mp, int Np) {
     if (!pl.count || tile >= tile_count(Mp, Np)) return 0;
     int m0, n0;
-    tile_origin(tile, Mp, Np, m0, n0);
+    plane_tile_origin(pl, tile, Mp, Np, m0, n0);
     return plane_stages(pl, m0, n0);
 }
 // Column j of the plane's stages: its list (the tile's, or consumer half h's), the index of its
@@ -176,7 +191,9 @@ def plane_lists(slot, s2, qblock, halves=1):
     list entry the slot of each of the list's 128 / QB / halves row blocks (-1: none) and its
     scale (0: none), gathered here so that the kernel's loads per stage do not depend on one
     another. Returns listed (lists, Kb), count (lists,), slots (lists, Kb, RL) int32 and scales
-    (lists, Kb, RL) fp32. A slot outside q2 counts as none (never read out of bounds)."""
+    (lists, Kb, RL) fp32, and the order (tiles,) int32 in which the kernel's CTAs take the
+    plane operand's tiles: those with a listed K-block first, each part ascending. A slot outside
+    q2 counts as none (never read out of bounds)."""
     per = TILE // qblock                             # row blocks per tile
     rl = per // halves                               # row blocks per list
     Rb, Kb = slot.shape
@@ -186,7 +203,9 @@ def plane_lists(slot, s2, qblock, halves=1):
     rows = grid.view(-1, rl, Kb)                                       # (lists, RL, Kb)
     slots = rows.gather(2, listed.long()[:, None, :].expand_as(rows)).transpose(1, 2).contiguous()
     scales = s2.index_select(0, slots.view(-1).clamp(min=0).long()).view(slots.shape)
-    return listed, count, slots, scales.masked_fill_(slots < 0, 0.0)
+    light = count.view(-1, halves).amax(1) == 0
+    order = torch.argsort(light.to(torch.int8), stable=True).to(torch.int32)
+    return listed, count, slots, scales.masked_fill_(slots < 0, 0.0), order
 
 
 def _plane(t):
@@ -231,13 +250,13 @@ def plane_args(a, b):
     (n2 QB, QB) rows, a QB x QB box. Null pointers and unused maps when neither has a plane."""
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
-        return (np.uint64(0),) * 4 + (np.int32(0),) * 3 + (NO_MAP, NO_MAP)
+        return (np.uint64(0),) * 5 + (np.int32(0),) * 3 + (NO_MAP, NO_MAP)
     slot, q2, s2 = _plane(t)
     halves = _halves(t, t is a)
-    listed, count, slots, scales = plane_lists_cuda(slot, s2, t.qblock, halves)
+    listed, count, slots, scales, order = plane_lists_cuda(slot, s2, t.qblock, halves)
     QB, other = t.qblock, b if t is a else a
     o_map = tile_map(other.q.data_ptr(), other.q.shape[0], other.q.shape[1], TILE, QB)
     q_map = tile_map(q2.data_ptr(), q2.shape[0] * QB, QB, QB, QB) if q2.numel() else NO_MAP
-    return (listed, count, slots, scales, np.int32(listed.shape[1]), np.int32(halves),
+    return (listed, count, slots, scales, order, np.int32(listed.shape[1]), np.int32(halves),
             np.int32(t is not a), o_map, q_map)
 

@@ -325,7 +325,7 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
     int g = 0;
     for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
         int m0, n0;
-        tile_origin(tile, Mp, Np, m0, n0);
+        plane_tile_origin(pl, tile, Mp, Np, m0, n0);
         PlaneCopy pc = plane_copy(base, pl, m0, n0);
         bool is_a;
         int blk, j;

@@ -216,11 +216,13 @@ def _norm_fwd(x, weight, bias, qblock, eps, layernorm, fallback):
     x = x.float().contiguous()
     w = weight.float().contiguous()
     b = None if bias is None else bias.float().contiguous()
-    out = norm_fwd_cuda(x, w, b, qblock, eps, layernorm)
+    # the residual kernel recomputes y from x, rstd and (LayerNorm) the kernel's own row means
+    mean = (torch.empty(x.numel() // x.shape[-1], device=x.device)
+            if fallback is not None and layernorm else None)
+    out = norm_fwd_cuda(x, w, b, qblock, eps, layernorm, mean=mean)
     if fallback is not None and on_kernels(out[0], fallback):
-        x2 = as_2d(x)               # the residual kernel recomputes y from x (and LN's row mean)
-        plane_from_source(out[0], fallback, "layernorm" if layernorm else "rmsnorm", x=x2,
-                          mean=x2.mean(dim=1) if layernorm else None, rstd=out[2], w=w, b=b)
+        plane_from_source(out[0], fallback, "layernorm" if layernorm else "rmsnorm", x=as_2d(x),
+                          mean=mean, rstd=out[2], w=w, b=b)
     elif fallback is not None:
         attach_plane(out[0], fallback, norm_blocks(x, w, b, out[2], qblock, layernorm))
     return out

@@ -136,7 +136,8 @@ extern "C" __global__ void __cluster_dims__(K, 1, 1) __launch_bounds__(512, 1)
 norm_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
                 const float* __restrict__ bias, int rows, int C, int Rb, int Cb, float eps,
                 i8* __restrict__ yq, float* __restrict__ ys, i8* __restrict__ xq,
-                float* __restrict__ xs, float* __restrict__ rstd_out, int* flag) {
+                float* __restrict__ xs, float* __restrict__ rstd_out, float* __restrict__ mean_out,
+                int* flag) {
     extern __shared__ __align__(16) float ring[];      // [STAGES][QB][LD] x of a strip's slab
     __shared__ float red[32];
     __shared__ float2 part[16384 / QB];                // [block][row] (mean, M2) of a block row
@@ -274,7 +275,10 @@ norm_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w,
             }
             const float rs = 1.0f / sqrtf(__fdiv_rn(M2, (float)C) + eps);
             rowstat[sn & 1][row] = make_float2(mean, rs);
-            if (rank == 0 && bn * QB + row < rows) rstd_out[bn * QB + row] = rs;
+            if (rank == 0 && bn * QB + row < rows) {
+                rstd_out[bn * QB + row] = rs;
+                if (mean_out) mean_out[bn * QB + row] = mean;   // (for a fallback plane's recompute)
+            }
         }
     }
     cluster_sync();                                    // nobody leaves with its st.async in flight
@@ -295,7 +299,8 @@ NORM_WIDE_SRC = COMMON + STORE_SRC + LOAD16_SRC + r"""
 // RMSNorm: means 0, M2 = the sum of x^2.
 extern "C" __global__ void __launch_bounds__(256)
 norm_stats_kernel(const float* __restrict__ x, int rows, int C, float eps,
-                  float2* __restrict__ stat, float* __restrict__ rstd_out) {
+                  float2* __restrict__ stat, float* __restrict__ rstd_out,
+                  float* __restrict__ mean_out) {
     const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= rows) return;
     const float* xr = x + (long long)row * C;
@@ -339,6 +344,7 @@ norm_stats_kernel(const float* __restrict__ x, int rows, int C, float eps,
     if (lane == 0) {
         stat[row] = make_float2(mean, rs);
         rstd_out[row] = rs;
+        if (mean_out) mean_out[row] = mean;
     }
 }
 
@@ -437,8 +443,10 @@ def fwd_config(C, qblock):
     return -(-Cb // nblk), nblk
 
 
-def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
-    """x (..., C) fp32 CUDA -> (y_q, xhat_q, rstd). See int8_norm.layernorm_fwd_ref."""
+def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm, mean=None):
+    """x (..., C) fp32 CUDA -> (y_q, xhat_q, rstd). See int8_norm.layernorm_fwd_ref.
+    mean: a (rows,) fp32 tensor that gets the rows' means (LayerNorm; what a fallback plane's
+    recompute of y needs, the very values the kernel used), or None."""
     check_cuda(x, "x", (torch.float32,))
     check_cuda(weight, "weight", (torch.float32,))
     C = x.shape[-1]
@@ -452,10 +460,15 @@ def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
     y_q, xhat_q = (QTensor(torch.empty(Rb * qblock, Cb * qblock, dtype=torch.int8, device=dev),
                            torch.empty(Rb, Cb, device=dev), x.shape, qblock) for _ in range(2))
     rstd = torch.empty(rows, device=dev)
+    if mean is not None:
+        check_cuda(mean, "mean", (torch.float32,))
+        assert mean.shape == (rows,) and mean.is_contiguous(), "mean must be a contiguous (rows,)"
+    mean_ptr = mean if mean is not None else np.uint64(0)
     vec = C % 4 == 0 and x.data_ptr() % 16 == 0
     cfg = fwd_config(C, qblock)
     if cfg is None:                                            # too wide for a cluster
-        _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd)
+        _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd,
+                       mean_ptr)
         after_launch(dev, "x")
         return y_q, xhat_q, rstd
     K, nblk = cfg
@@ -468,19 +481,19 @@ def norm_fwd_cuda(x, weight, bias, qblock, eps, layernorm):
     launch(kernel, (K, n_clusters), (threads,),
            (x, weight, bias if bias is not None else weight, np.int32(rows), np.int32(C),
             np.int32(Rb), np.int32(Cb), np.float32(eps), y_q.q, y_q.s, xhat_q.q, xhat_q.s, rstd,
-            nonfinite_flag(dev)), shared_mem=smem)
+            mean_ptr, nonfinite_flag(dev)), shared_mem=smem)
     after_launch(dev, "x")
     return y_q, xhat_q, rstd
 
 
-def _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd):
+def _norm_fwd_wide(x, weight, bias, rows, C, Cb, eps, layernorm, vec, y_q, xhat_q, rstd, mean):
     """The wide path (NORM_WIDE_SRC): norm_stats_kernel, then norm_quant_kernel."""
     dev, QB = x.device, y_q.qblock
     defines = (f"QB={QB}", f"LN={int(layernorm)}", f"BIAS={int(bias is not None)}",
                f"VEC={int(vec)}", "X_BF16=0")
     stat = torch.empty(rows, 2, device=dev)                    # (mean, rstd) per row
     launch(get_kernel(NORM_WIDE_SRC, "norm_stats_kernel", defines, dev), (-(-rows // 8),),
-           (256,), (x, np.int32(rows), np.int32(C), np.float32(eps), stat, rstd))
+           (256,), (x, np.int32(rows), np.int32(C), np.float32(eps), stat, rstd, mean))
     launch(get_kernel(NORM_WIDE_SRC, "norm_quant_kernel", defines, dev),
            (block_grid(Cb, QB)[0], y_q.q.shape[0] // QB), (threads(QB),),
            (x, stat, weight, bias if bias is not None else weight, np.int32(rows), np.int32(C),

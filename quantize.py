@@ -252,12 +252,23 @@ def fallback_plane(t):
 def transpose_ref(t):
     """Transpose of the 2-D view: byte-transposed data, transposed scale grid."""
     shape = torch.Size((t.cols, t.rows))
-    out = QTensor(t.q.t().contiguous(), t.s.t().contiguous(), shape, t.qblock)
+    return with_transposed_plane(QTensor(t.q.t().contiguous(), t.s.t().contiguous(), shape,
+                                         t.qblock), t)
+
+
+def with_transposed_plane(tt, t):
+    """Give tt, the plain transpose of t, t's fallback plane transposed (if t has one): the slot
+    grid transposed, each q2 block byte-transposed in its place, the same s2. Returns tt."""
     if t.has_fallback:
-        out.slot = t.slot.t().contiguous()
-        out.q2 = t.q2.transpose(1, 2).contiguous()
-        out.s2 = t.s2
-    return out
+        tt.slot = t.slot.t().contiguous()
+        if on_cuda(t.q2):
+            from quantize_cuda import transpose_plane_cuda
+            tt.q2 = transpose_plane_cuda(t.q2)
+        else:
+            tt.q2 = t.q2.transpose(1, 2).contiguous()
+        tt.s2 = t.s2
+        tt.flagged = t.flagged
+    return tt
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import os
 import numpy as np
 import torch
 
-from quantize import QTensor, capturing, get_kernel, launch, pad_to
+from quantize import QTensor, capturing, get_kernel, launch, pad_to, with_transposed_plane
 
 STRICT = os.environ.get("INT8_STRICT", "0") == "1"
 
@@ -338,7 +338,9 @@ dequantize_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Cb,
 """
 
 TRANSPOSE_SRC = COMMON + r"""
-// q (Rp, Cp) -> qT (Cp, Rp): each block is byte-transposed through shared memory
+// q (Rp, Cp) -> qT (Cp, Rp): each block is byte-transposed through shared memory.
+// PLANE: q is a fallback plane's q2 (Rb, QB, QB), Cb = 1: each block transposed in its place
+// (qT[b] = q[b]^T), no scales (s2 is the same for both layouts).
 extern "C" __global__ void __launch_bounds__(NT)
 transpose_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Rb, int Cb,
                  i8* __restrict__ qt, float* __restrict__ st) {
@@ -354,8 +356,12 @@ transpose_kernel(const i8* __restrict__ q, const float* __restrict__ s, int Rb, 
                  live ? __ldcs((const uint4*)(q + (long long)(bi * QB + rr + i * HALF) * Cp
                                               + bj * QB + cc)) : make_uint4(0, 0, 0, 0));
     __syncthreads();
+#if PLANE
+    tile_store_t(tile[g], qt + b * QB * QB, 0, 0, QB, rr, cc, live);
+#else
     tile_store_t(tile[g], qt, bi, bj, Rb * QB, rr, cc, live);
     if (live && t == 0) st[(long long)bj * Rb + bi] = s[b];
+#endif
 }
 """
 
@@ -529,12 +535,18 @@ def transpose_cuda(t):
     Rb, Cb = t.s.shape
     qt = torch.empty(Cb * QB, Rb * QB, dtype=torch.int8, device=t.device)
     st = torch.empty(Cb, Rb, dtype=torch.float32, device=t.device)
-    kernel = get_kernel(TRANSPOSE_SRC, "transpose_kernel", (f"QB={QB}",), t.device)
+    kernel = get_kernel(TRANSPOSE_SRC, "transpose_kernel", (f"QB={QB}", "PLANE=0"), t.device)
     launch(kernel, block_grid(Rb * Cb, QB), (threads(QB),),
            (t.q, t.s, np.int32(Rb), np.int32(Cb), qt, st))
-    out = QTensor(qt, st, torch.Size((t.cols, t.rows)), QB)
-    if t.has_fallback:
-        out.slot = t.slot.t().contiguous()
-        out.q2 = t.q2.transpose(1, 2).contiguous()
-        out.s2 = t.s2
+    return with_transposed_plane(QTensor(qt, st, torch.Size((t.cols, t.rows)), QB), t)
+
+
+def transpose_plane_cuda(q2):
+    """A fallback plane's q2 (n, QB, QB) int8 CUDA -> each block transposed, (n, QB, QB)."""
+    n, QB = q2.shape[0], q2.shape[1]
+    out = torch.empty_like(q2, memory_format=torch.contiguous_format)
+    if n:
+        kernel = get_kernel(TRANSPOSE_SRC, "transpose_kernel", (f"QB={QB}", "PLANE=1"), q2.device)
+        launch(kernel, block_grid(n, QB), (threads(QB),),
+               (q2.contiguous(), q2, np.int32(n), np.int32(1), out, q2))   # (s, st: unused)
     return out

@@ -6,7 +6,7 @@ import torch
 
 import int8_gemm
 from fallback import (RULES, FallbackConfig, PlaneBudget, flagged_fraction, mixed_gemm,
-                      outlier_flags, quantize_fallback, quantize_out)
+                      outlier_flags, quantize_fallback, quantize_out, quantize_with_plane)
 from int8_gemm import plane_kernel
 from int8_linear import gemm
 from quantize import QTensor, dequantize, pad_2d, quantize
@@ -106,6 +106,21 @@ def test_fallback_on_b_operand_and_transpose():
     assert torch.equal(dequantize(t.t()), dequantize(t).t())
     dw = gemm(tdy.t(), t.t()).double()
     assert torch.allclose(dw, ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("rule", ["crest", "median"])
+def test_quantize_with_plane_with_t_gives_both_layouts(rule):
+    """with_t: (t, t.t()) from one call, the plane transposed along (what the model's proj input
+    takes: the forward GEMM's layout and the weight gradient's)."""
+    x = glu_like(100, 160, seed=7)
+    t = quantize_with_plane(x, 32, (rule, 3.0))
+    a, at = quantize_with_plane(x, 32, (rule, 3.0), with_t=True)
+    want = t.t()
+    assert flagged_fraction(a) > 0
+    for name in ("q", "s", "slot", "q2", "s2"):
+        assert torch.equal(getattr(a, name), getattr(t, name)), name
+        assert torch.equal(getattr(at, name), getattr(want, name)), name
+    assert torch.equal(dequantize(at), dequantize(t).t())
 
 
 def test_flagged_fraction_counted_right():
@@ -249,7 +264,7 @@ def test_plane_lists_gather_slots_and_scales(qblock, halves):
     slot[flags] = torch.randperm(n, generator=g).int()
     slot[flags.nonzero()[0, 0], flags.nonzero()[0, 1]] = n + 3          # outside q2: none
     s2 = torch.rand(n, generator=g) + 0.5
-    listed, count, slots, scales = plane_lists(slot, s2, qblock, halves)
+    listed, count, slots, scales, _ = plane_lists(slot, s2, qblock, halves)
     rl = 128 // qblock // halves                                          # row blocks per list
     assert slots.shape == scales.shape == listed.shape + (rl,)
     for i in range(listed.shape[0]):
@@ -260,6 +275,22 @@ def test_plane_lists_gather_slots_and_scales(qblock, halves):
                 assert slots[i, e, r] == want
                 assert scales[i, e, r] == (s2[want] if want >= 0 else 0.0)
         assert all((slots[i, e] >= 0).any() == (e < count[i]) for e in range(listed.shape[1]))
+
+
+@pytest.mark.parametrize("qblock,halves", [(32, 1), (32, 2), (128, 1)])
+def test_plane_lists_order_puts_tiles_with_a_plane_first(qblock, halves):
+    """The order the GEMM's CTAs take the plane operand's 128-row tiles in: those with a listed
+    K-block first, then the rest, each ascending (flags in tiles 1, 4 and 6 of 8)."""
+    from int8_gemm_sm90_plane import plane_lists
+    per = 128 // qblock
+    slot = torch.full((8 * per, 5), -1, dtype=torch.int32)
+    for i, tile in enumerate((6, 1, 4)):
+        slot[tile * per + per - 1, i] = i                    # the tile's last row block
+    *_, order = plane_lists(slot, torch.ones(3), qblock, halves)
+    assert order.tolist() == [1, 4, 6, 0, 2, 3, 5, 7]
+    *_, order = plane_lists(torch.full((3 * per, 5), -1, dtype=torch.int32), torch.ones(1),
+                            qblock, halves)
+    assert order.tolist() == [0, 1, 2]                       # nothing flagged: tile order
 
 
 def test_median_nonzero_is_torch_median_of_the_nonzero_values():

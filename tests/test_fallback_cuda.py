@@ -5,7 +5,7 @@ import torch
 
 from fallback import (PlaneBudget, Spec, add_second_plane, gathered_blocks, quantize_with_plane,
                       scale_flags, topk_count)
-from quantize import pad_2d, quantize
+from quantize import pad_2d, quantize, transpose_ref
 
 pytestmark = pytest.mark.gpu
 
@@ -115,12 +115,17 @@ def test_residual_plane_is_the_torch_plane(qblock, dtype, rows):
     for capacity in (None, n + 7, n // 2):
         want = add_second_plane(quantize(xc, qblock), flags,
                                 gathered_blocks(pad_2d(xc, qblock), qblock), capacity)
-        budget = PlaneBudget()
+        budget, budget2 = PlaneBudget(), PlaneBudget()
         if capacity is not None:
-            budget.capacity = lambda n_blocks, c=capacity: c
+            budget.capacity = budget2.capacity = lambda n_blocks, c=capacity: c
         got = plane_from_source(quantize(x, qblock), Spec("median", 2.5, budget), "copy", x=x)
+        # both layouts from one quantize pass, the plane transposed by the transpose kernel
+        got2, got_t = quantize_with_plane(x, qblock, Spec("median", 2.5, budget2), with_t=True)
+        want_t = transpose_ref(want)
         for name in ("q", "s", "slot", "q2", "s2"):
             assert torch.equal(getattr(got, name).cpu(), getattr(want, name)), (capacity, name)
+            assert torch.equal(getattr(got2, name).cpu(), getattr(want, name)), (capacity, name)
+            assert torch.equal(getattr(got_t, name).cpu(), getattr(want_t, name)), (capacity, name)
         assert got.flagged.tolist() == [n, n if capacity is None else min(n, capacity)]
 
 
@@ -130,8 +135,16 @@ def test_plane_lists_kernel_is_plane_lists(qblock, halves, rb, kb):
     from fallback_cuda import plane_lists_cuda
     from int8_gemm_sm90_plane import plane_lists
     g = torch.Generator().manual_seed(qblock * halves + rb)
-    for p in (0.02, 0.3):
+    per = 128 // qblock
+    for p in (0.02, 0.3, 0.0):
         flags = torch.rand(rb, kb, generator=g) < p
+        tiles = -(-rb // per)                      # some tiles with no flags: the order moves them
+        light = torch.randperm(tiles, generator=g)[:tiles // 2]
+        for t in light.tolist():
+            flags[t * per:(t + 1) * per] = False
+        flags[0, kb - 1] = True                    # at least one (then made outside q2)
+        if p == 0.0:
+            flags[rb - 1, 0] = True                # one in the last row block (maybe a short tile)
         n = int(flags.sum())
         slot = torch.full((rb, kb), -1, dtype=torch.int32)
         slot[flags] = torch.randperm(n, generator=g).int()

@@ -38,7 +38,7 @@ def kernels_on_cpu(monkeypatch):
     monkeypatch.setattr(int8_gelu_cuda, "swiglu_fwd_cuda", lambda h: swiglu_fwd_ref(h))
     monkeypatch.setattr(int8_norm, "_fwd_on_cuda", lambda x, w, b, fb: fb[0] != "crest")
 
-    def norm_fwd(x, w, b, qblock, eps, layernorm):
+    def norm_fwd(x, w, b, qblock, eps, layernorm, mean=None):
         if layernorm:
             return layernorm_fwd_ref(x, w, b, qblock, eps)
         return rmsnorm_fwd_ref(x, w, qblock, eps)

@@ -326,6 +326,25 @@ def test_fallback_gemm_random_planes(M, K, N, qblock, density, kernel):
 
 
 @pytest.mark.parametrize("qblock", [32, 128])
+def test_fallback_gemm_planes_in_runs_of_rows(qblock, kernel):
+    """Flags in a few 128-row tiles alone (as at a sequence's first tokens): the wgmma kernel's
+    CTAs take those tiles first (plane_lists' order), the rest after; more tiles than CTAs, so
+    that CTAs take several. Plane on A and on B."""
+    M, K, N = 4096, 512, 1280                            # 32 x 10 tiles of 128 x 128
+    t = operand(M, K, qblock)
+    per = 128 // qblock
+    dense = random_plane(t, 1.0, seed=11)
+    keep = torch.zeros(M // qblock, dtype=torch.bool)
+    for tile in (0, 9, 16, 31):                          # whole tiles, unordered runs
+        keep[tile * per:(tile + 1) * per] = True
+    slot = torch.where(keep.to(DEV)[:, None], dense.slot, -1)
+    ta = QTensor(t.q, t.s, t.shape, qblock, slot, dense.q2, dense.s2)
+    tb = operand(N, K, qblock, outlier=False)
+    check_plane_gemm(ta, tb, kernel)
+    check_plane_gemm(tb, ta, kernel)
+
+
+@pytest.mark.parametrize("qblock", [32, 128])
 def test_fallback_plane_layouts(qblock, kernel, monkeypatch):
     """The plane on A with K-block lists per tile and per consumer half. A plane whose q2 / s2
     / slot are not contiguous, or whose q2 is not 16-byte aligned, gives the contiguous plane's

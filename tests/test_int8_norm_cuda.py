@@ -86,6 +86,14 @@ def test_norm_fwd_bwd(shape, qblock, case, rms, path, monkeypatch):
     torch.testing.assert_close(rstd.cpu(), rr, rtol=1e-5, atol=0)
     assert_close_q(y_q, ry)
     assert_close_q(xhat_q, rx)
+    if not rms:     # the row means, for a fallback plane's recompute: the outputs do not change
+        mean = torch.full((x.numel() // C,), float("nan"), device="cuda")
+        y2, x2, r2 = norm_fwd_cuda(x, w, b, qblock, 1e-5, True, mean=mean)
+        assert all(torch.equal(u, v) for u, v in ((y2.q, y_q.q), (y2.s, y_q.s), (x2.q, xhat_q.q),
+                                                   (r2, rstd)))
+        x64 = x.view(-1, C).double()                  # fp32 sums: error ~ eps x row absmax
+        err = (mean.double() - x64.mean(1)).abs() / x64.abs().amax(1).clamp_min(1e-30)
+        assert err.max().item() < 1e-5
 
     dy = torch.randn(shape, device="cuda")
     if case == "outlier":
