@@ -48,10 +48,13 @@ from fallback import check_threshold, topk_count
 from int8_gemm_sm90_ring import TILE
 from quantize import get_kernel, launch
 
-SELECT_THREADS = {4096: 1024, 16384: 1024}   # plane_select's CTA size by grid size (up to)
+# plane_select's CTA size by grid size (up to), and the largest grid whose level-1 histogram it
+# makes itself (notes/select_ab.log, H100: 1024 / 4096 blocks 12.8 / 16.5 us with the histogram
+# kernel, 8.8 / 12.2 us own at 512 threads; own is slower from 16384 blocks)
+SELECT_THREADS = {4096: 512}
+OWN_HIST_MAX = 4096
 HIST_THREADS = 256
 HIST_BINS = 4096
-OWN_HIST_MAX = 16384    # grids up to this many blocks: plane_select makes its own histogram
 LIST_THREADS = 256
 RESIDUAL_THREADS = 256
 
