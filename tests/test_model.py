@@ -244,3 +244,41 @@ def test_fallback_block_step_has_no_host_sync_on_the_gpu(style):
     fr = fb.fractions()
     assert len(fr) == 4 and max(fr.values()) > 0
     assert all(b.capacity(10**6) > 0 for b in fb.budgets.values() if b.peak)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_planes_built_beside_the_main_stream_change_nothing(style, monkeypatch):
+    """fallback.PlaneOverlap: the planes' kernels on a side stream, beside the weights' quantize,
+    give the block's output, input gradient and weight gradients bit for bit as on one stream
+    (three steps: the planes' budgets warm up, spare slots appear)."""
+    import contextlib
+
+    from fallback import FallbackConfig, PlaneOverlap
+    from model import Block
+    cfg = GPTConfig(block_size=256, n_head=4, n_embd=256, int8=True, fallback=True,
+                    fallback_threshold=1.3, **STYLES[style])   # low: some blocks get flagged
+    x = torch.randn(4, 256, 256, device="cuda")
+    dout = torch.randn(4, 256, 256, device="cuda")
+
+    def run():
+        torch.manual_seed(0)
+        fb = FallbackConfig(True, cfg.fallback_rule, cfg.fallback_threshold)
+        block = Block(cfg, fb, 0).cuda()
+        xi = x.clone().requires_grad_()
+        for _ in range(3):
+            torch.manual_seed(1)                  # the stochastic-rounding draws
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = block(xi)
+            y.backward(dout)
+        torch.cuda.synchronize()
+        assert max(fb.fractions().values()) > 0
+        return [y.detach(), xi.grad] + [p.grad for p in block.parameters()]
+
+    forks, fork = [], PlaneOverlap.fork
+    monkeypatch.setattr(PlaneOverlap, "fork", lambda self, *a: forks.append(1) or fork(self, *a))
+    beside = run()
+    assert len(forks) >= 4 * 3                    # every plane of every step went to the side
+    monkeypatch.setattr(FallbackConfig, "overlap", lambda self: contextlib.nullcontext())
+    one = run()
+    assert all(torch.equal(a, b) for a, b in zip(beside, one))
