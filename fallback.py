@@ -353,8 +353,9 @@ class PlaneOverlap:
     output and inputs are ready), the tensors its kernels read are kept alive until the main
     stream has waited for them (else the allocator could hand their memory to a main-stream
     kernel while the side stream still reads it), and the plane's tensors, allocated on the side
-    stream, are used on the main stream only after the wait. Nothing inside may read the plane
-    on the main stream. Works inside a CUDA graph capture (the side stream joins the capture and
+    stream, are used on the main stream only after the wait (freed, their memory goes to later
+    side-stream work, which again waits for the main stream first). Nothing inside may read the
+    plane on the main stream. Works inside a CUDA graph capture (the side stream joins the capture and
     is joined back). A no-op on the CPU, and nested inside another."""
 
     _active = None                                 # the PlaneOverlap inside, if any
