@@ -45,6 +45,7 @@ the op's inputs), inside a PlaneOverlap on a side stream beside the next GEMM's 
 the torch functions here are the reference, and the path on the CPU.
 """
 import math
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, Optional
 
@@ -349,50 +350,62 @@ class PlaneOverlap:
     width-2048 block step plane_select's four calls alone take ~40 us of the GPU with one CTA
     each, on the main stream's critical path.
 
-    Safe because the side stream first waits for everything queued on the main stream (the op's
-    output and inputs are ready), the tensors its kernels read are kept alive until the main
-    stream has waited for them (else the allocator could hand their memory to a main-stream
-    kernel while the side stream still reads it), and the plane's tensors, allocated on the side
-    stream, are used on the main stream only after the wait (freed, their memory goes to later
-    side-stream work, which again waits for the main stream first). Nothing inside may read the
-    plane on the main stream. Works inside a CUDA graph capture (the side stream joins the capture and
-    is joined back). A no-op on the CPU, and nested inside another."""
+    Safe because every use of the side stream starts by waiting for everything queued on the
+    main stream (the op's output and inputs are ready; memory the side stream's pool took back
+    is no longer read by earlier main-stream work), the tensors its kernels read are kept alive
+    until the main stream has waited for them (else the allocator could hand their memory to a
+    main-stream kernel while the side stream still reads it), and the plane's tensors, allocated
+    on the side stream, are used on the main stream only after the wait. Nothing inside may read
+    the plane on the main stream, and the plane kernels' scratch buffers (fallback_cuda's
+    histogram and arrival counter, one per device) see one stream at a time: inside, the main
+    stream runs no plane kernel. Works inside a CUDA graph capture (the side stream joins the
+    capture and is joined back). Per thread; a no-op on the CPU, and nested inside another.
+    PRIORITY: the side stream's (torch: lower is more urgent), so that its one-CTA kernels are
+    scheduled ahead of the main stream's waiting CTAs."""
 
-    _active = None                                 # the PlaneOverlap inside, if any
-    _streams = {}                                  # one side stream per device
+    PRIORITY = -1
+    _local = threading.local()                     # .active: the PlaneOverlap inside, if any
+    _streams = {}                                  # (device, priority) -> the side stream
 
     def __init__(self):
-        self.keep, self.side, self.outer = [], None, False
+        self.keep, self.sides, self.outer = [], set(), False
+
+    @staticmethod
+    def active():
+        return getattr(PlaneOverlap._local, "active", None)
 
     def __enter__(self):
-        self.outer = PlaneOverlap._active is None and torch.cuda.is_available()
+        self.outer = PlaneOverlap.active() is None and torch.cuda.is_available()
         if self.outer:
-            PlaneOverlap._active = self
+            PlaneOverlap._local.active = self
         return self
 
     def __exit__(self, *exc):
         if self.outer:
-            PlaneOverlap._active = None
-            if self.side is not None:
-                torch.cuda.current_stream(self.side.device).wait_stream(self.side)
+            PlaneOverlap._local.active = None
+            for side in self.sides:
+                torch.cuda.current_stream(side.device).wait_stream(side)
+            self.sides.clear()
             self.keep.clear()
         return False
 
     def fork(self, device, keep):
         """The side stream of `device`, after the main stream's work so far; keep: tensors the
         side stream's kernels read."""
-        if device not in PlaneOverlap._streams:
-            PlaneOverlap._streams[device] = torch.cuda.Stream(device)
-        self.side = PlaneOverlap._streams[device]
-        self.side.wait_stream(torch.cuda.current_stream(device))
+        key = (device, PlaneOverlap.PRIORITY)
+        if key not in PlaneOverlap._streams:
+            PlaneOverlap._streams[key] = torch.cuda.Stream(device, priority=PlaneOverlap.PRIORITY)
+        side = PlaneOverlap._streams[key]
+        side.wait_stream(torch.cuda.current_stream(device))
+        self.sides.add(side)
         self.keep.extend(k for k in keep if torch.is_tensor(k))
-        return self.side
+        return side
 
 
 @contextmanager
 def beside(device, *keep):
     """Run the block's kernels on the active PlaneOverlap's side stream (else where they are)."""
-    ov = PlaneOverlap._active
+    ov = PlaneOverlap.active()
     if ov is None or device.type != "cuda":
         yield
         return
@@ -553,7 +566,8 @@ class FallbackConfig:
 
     def quantize(self, x, qblock, name, stochastic=False, with_t=False):
         """Quantize an activation, with a second plane for outlier blocks when enabled;
-        with_t: (t, t.t()), both layouts (plain int8: from one pass over x)."""
+        with_t: (t, t.t()), both layouts from one pass over x (the plane transposed by the
+        transpose kernel)."""
         if not self.enabled:
             return quantize(x, qblock, stochastic, with_t=with_t)
         out = quantize_with_plane(x, qblock, self.spec_for(name), stochastic, with_t=with_t)

@@ -26,9 +26,12 @@ rule's flag is then a cut on the bits (s / med > threshold is monotone in s: a w
 prefix count of the flags over consecutive blocks, so the k-th flagged block in block order
 gets slot k, as nonzero() would give it. plane_select runs on one CTA because the grid is small
 (a 16384 x 2048 activation has 32768 blocks at QB = 32) and the prefix count needs all of it in
-order: ~30 us a call on an H100 for 16k-64k blocks, ~12 us for 1k-4k blocks with the
-histogram kernel and the bisection (profile_block.py); the whole plane costs ~0.04 ms of GPU
-time where the torch ops took ~0.2 ms (16384 x 2048, bench.py --only fallback).
+order: with the histogram kernel ~23-56 us a call on an H100 for 16k-64k blocks; 8.8 / 12.2 us
+for 1k / 4k blocks, which make their own histogram on 512 threads (notes/select_ab.log); the
+whole plane costs ~0.04 ms of GPU time where the torch ops took ~0.2 ms (16384 x 2048,
+bench.py --only fallback). One scratch buffer each (the histogram, plane_lists' arrival
+counter) per device: these kernels must run on one stream at a time (fallback.PlaneOverlap
+keeps it so).
 
 Arithmetic, bit exact with fallback.py's torch path where the float values are the same (a
 plain quantize: the 'copy' source; the ops' recomputes are the kernels' own formulas):
@@ -65,6 +68,18 @@ COMMON_SRC = r"""
 typedef unsigned int u32;
 typedef signed char i8;
 
+// Level 1 of the radix select: add `key`'s top 12 bits (sign, exponent, 3 mantissa bits) to the
+// shared histogram h (4096 bins) if live; the lanes with the same bin add once
+// (__match_any_sync: the scales of a tensor share a few exponents). Returns 1 for a live zero key.
+__device__ __forceinline__ int hist_add(int* h, u32 key, bool live) {
+    const unsigned act = __ballot_sync(0xffffffffu, live);
+    if (live) {
+        const unsigned peers = __match_any_sync(act, key >> 20);
+        if ((threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&h[key >> 20], __popc(peers));
+    }
+    return live && key == 0u;
+}
+
 // exclusive prefix sum over the CTA of one int per thread (THREADS <= 1024: 32 warps at most);
 // *total gets the sum. sh: 33 ints of shared memory. Every thread must call it.
 template <int THREADS>
@@ -96,17 +111,15 @@ __device__ __forceinline__ int cta_exclusive_sum(int v, int* sh, int* total) {
 }
 """
 
-HIST_SRC = r"""
-typedef unsigned int u32;
+HIST_SRC = COMMON_SRC + r"""
 #define NT 256
 #define PER 16                                  // scales per thread
 #define BINS 4096                               // the top 12 bits of a key
 
 // Level 1 of plane_select's radix select, over many CTAs: a histogram of the top 12 bits of
-// every key (sign, exponent, 3 mantissa bits), and the number of zero keys, added into
-// hist[0 .. BINS - 1] and hist[BINS]. plane_select reads them and zeroes them again, so the
-// buffer is all zero between calls. Lanes with the same bin add once (__match_any_sync): the
-// scales of a tensor share a few exponents.
+// every key (hist_add), and the number of zero keys, added into hist[0 .. BINS - 1] and
+// hist[BINS]. plane_select reads them and zeroes them again, so the buffer is all zero between
+// calls.
 extern "C" __global__ void __launch_bounds__(NT)
 scale_histogram_kernel(const float* __restrict__ s, int n, int* __restrict__ hist) {
     __shared__ int h[BINS];
@@ -121,15 +134,8 @@ scale_histogram_kernel(const float* __restrict__ s, int n, int* __restrict__ his
     }
     int zeros = 0;
     #pragma unroll
-    for (int p = 0; p < PER; ++p) {
-        const bool live = base + p * NT + (int)threadIdx.x < n;
-        zeros += live && key[p] == 0u;
-        const unsigned act = __ballot_sync(0xffffffffu, live);
-        if (live) {
-            const unsigned peers = __match_any_sync(act, key[p] >> 20);
-            if (lane == __ffs(peers) - 1) atomicAdd(&h[key[p] >> 20], __popc(peers));
-        }
-    }
+    for (int p = 0; p < PER; ++p)
+        zeros += hist_add(h, key[p], base + p * NT + (int)threadIdx.x < n);
     for (int o = 16; o > 0; o >>= 1) zeros += __shfl_xor_sync(0xffffffffu, zeros, o);
     if (lane == 0 && zeros) atomicAdd(&hist[BINS], zeros);
     __syncthreads();
@@ -142,7 +148,7 @@ SELECT_SRC = COMMON_SRC + r"""
 // NT (256, 512 or 1024 threads) comes in as -D, from the launcher
 #define BINS 4096
 #define BPT (BINS / NT)                          // level-1 bins per thread
-#define NSUB 8                                   // histograms per pass (4 warps share one)
+#define NSUB 8                                   // histograms per pass, NT / 256 warps to each
 #define CAND 8192                                // candidate keys kept in shared memory
 #define PER 8                                    // consecutive blocks per thread, slot pass
 #define INF_KEY 0x7f800000u
@@ -235,15 +241,7 @@ __device__ int own_histogram(const float* s, int n, Shared& S) {
             kk[u] = i < n ? __float_as_uint(s[i]) : 0u;
         }
         #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-            const bool live = base + u * NT + (int)threadIdx.x < n;
-            zeros += live && kk[u] == 0u;
-            const unsigned act = __ballot_sync(0xffffffffu, live);
-            if (live) {
-                const unsigned peers = __match_any_sync(act, kk[u] >> 20);
-                if (lane == __ffs(peers) - 1) atomicAdd(&h[kk[u] >> 20], __popc(peers));
-            }
-        }
+        for (int u = 0; u < 8; ++u) zeros += hist_add(h, kk[u], base + u * NT + (int)threadIdx.x < n);
     }
     for (int o = 16; o > 0; o >>= 1) zeros += __shfl_xor_sync(0xffffffffu, zeros, o);
     if (lane == 0 && zeros) atomicAdd(&S.sh[38], zeros);
@@ -627,7 +625,9 @@ def _histogram(device):
 
 def select_threads(n):
     """plane_select's CTA size for a grid of n blocks (SELECT_THREADS; 1024 above)."""
-    return next((nt for most, nt in sorted(SELECT_THREADS.items()) if n <= most), 1024)
+    nt = next((nt for most, nt in sorted(SELECT_THREADS.items()) if n <= most), 1024)
+    assert nt in (256, 512, 1024), f"plane_select runs 256, 512 or 1024 threads, not {nt}"
+    return nt
 
 
 def select_cuda(s, rule, threshold, capacity):
@@ -638,7 +638,7 @@ def select_cuda(s, rule, threshold, capacity):
     if rule not in RULE_IDS:
         raise ValueError(f"plane_select takes the rules {tuple(RULE_IDS)}, got {rule!r}")
     n = s.numel()
-    if n == 0 or n >= 2**31 - 1024 * 8:
+    if n == 0 or n >= 2**31 - 1024 * 8:          # (the kernel's index math: int32, + a batch)
         raise ValueError(f"plane_select: a scale grid of {n} blocks is out of range")
     cap = n if capacity is None else capacity
     k = 0

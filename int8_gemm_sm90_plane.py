@@ -72,7 +72,8 @@ __device__ __forceinline__ int plane_tile(const Plane& pl, int m0, int n0) {
 // Tile `tile` of C (a CTA takes tiles blockIdx.x, + gridDim.x, ...) -> its origin: tile_origin,
 // with the plane operand's 128-row tiles taken in pl.order. The tiles with plane stages take
 // longer and come in runs (a sequence's first tokens); in plain order one CTA may get several
-// of them and finish last. Taken first, they go one to a CTA.
+// of them and finish last. With the plane on A they come first, one to a CTA; on B (whose
+// tiles are C's column tiles, walked anew in each group of 8 tile-rows) first in each group.
 __device__ __forceinline__ void plane_tile_origin(const Plane& pl, int tile, int Mp, int Np,
                                                   int& m0, int& n0) {
     tile_origin(tile, Mp, Np, m0, n0);

@@ -217,7 +217,7 @@ def _norm_fwd(x, weight, bias, qblock, eps, layernorm, fallback):
     w = weight.float().contiguous()
     b = None if bias is None else bias.float().contiguous()
     # the residual kernel recomputes y from x, rstd and (LayerNorm) the kernel's own row means
-    mean = (torch.empty(x.numel() // x.shape[-1], device=x.device)
+    mean = (torch.empty(x.numel() // x.shape[-1], dtype=torch.float32, device=x.device)
             if fallback is not None and layernorm else None)
     out = norm_fwd_cuda(x, w, b, qblock, eps, layernorm, mean=mean)
     if fallback is not None and on_kernels(out[0], fallback):

@@ -547,6 +547,7 @@ def transpose_plane_cuda(q2):
     out = torch.empty_like(q2, memory_format=torch.contiguous_format)
     if n:
         kernel = get_kernel(TRANSPOSE_SRC, "transpose_kernel", (f"QB={QB}", "PLANE=1"), q2.device)
+        none = np.uint64(0)                                  # (the scales: none to move)
         launch(kernel, block_grid(n, QB), (threads(QB),),
-               (q2.contiguous(), q2, np.int32(n), np.int32(1), out, q2))   # (s, st: unused)
+               (q2.contiguous(), none, np.int32(n), np.int32(1), out, none))
     return out
