@@ -41,12 +41,9 @@ The second plane is stored compactly, in proportion to the flagged fraction (QTe
 
 On CUDA fallback_cuda.py's kernels build the plane (through plane_from_source: the median,
 flags and slots from the scale grid, then the residual of the flagged blocks recomputed from
-the op's inputs), inside a PlaneOverlap on a side stream beside the next GEMM's weight quantize;
-the torch functions here are the reference, and the path on the CPU.
+the op's inputs); the torch functions here are the reference, and the path on the CPU.
 """
 import math
-import threading
-from contextlib import contextmanager, nullcontext
 from typing import NamedTuple, Optional
 
 import torch
@@ -339,80 +336,6 @@ def plane_with_flags(t, flags, blocks_of, spec):
     return t
 
 
-# ---------------------------------------------------------------------------------------------
-# building planes beside the main stream
-
-class PlaneOverlap:
-    """`with PlaneOverlap():` around an op whose output gets a fallback plane and the work after
-    it that does not read the plane (the next GEMM's weight quantize): inside, the plane's
-    kernels (plane_select: one CTA; plane_residual; the plane's transpose) run on a side CUDA
-    stream, beside the main stream's kernels, and on exit the main stream waits for them. In a
-    width-2048 block step plane_select's four calls alone take ~40 us of the GPU with one CTA
-    each, on the main stream's critical path.
-
-    Safe because every use of the side stream starts by waiting for everything queued on the
-    main stream (the op's output and inputs are ready; memory the side stream's pool took back
-    is no longer read by earlier main-stream work), the tensors its kernels read are kept alive
-    until the main stream has waited for them (else the allocator could hand their memory to a
-    main-stream kernel while the side stream still reads it), and the plane's tensors, allocated
-    on the side stream, are used on the main stream only after the wait. Nothing inside may read
-    the plane on the main stream, and the plane kernels' scratch buffers (fallback_cuda's
-    histogram and arrival counter, one per device) see one stream at a time: inside, the main
-    stream runs no plane kernel. Works inside a CUDA graph capture (the side stream joins the
-    capture and is joined back). Per thread; a no-op on the CPU, and nested inside another.
-    PRIORITY: the side stream's (torch: lower is more urgent), so that its one-CTA kernels are
-    scheduled ahead of the main stream's waiting CTAs."""
-
-    PRIORITY = -1
-    _local = threading.local()                     # .active: the PlaneOverlap inside, if any
-    _streams = {}                                  # (device, priority) -> the side stream
-
-    def __init__(self):
-        self.keep, self.sides, self.outer = [], set(), False
-
-    @staticmethod
-    def active():
-        return getattr(PlaneOverlap._local, "active", None)
-
-    def __enter__(self):
-        self.outer = PlaneOverlap.active() is None and torch.cuda.is_available()
-        if self.outer:
-            PlaneOverlap._local.active = self
-        return self
-
-    def __exit__(self, *exc):
-        if self.outer:
-            PlaneOverlap._local.active = None
-            for side in self.sides:
-                torch.cuda.current_stream(side.device).wait_stream(side)
-            self.sides.clear()
-            self.keep.clear()
-        return False
-
-    def fork(self, device, keep):
-        """The side stream of `device`, after the main stream's work so far; keep: tensors the
-        side stream's kernels read."""
-        key = (device, PlaneOverlap.PRIORITY)
-        if key not in PlaneOverlap._streams:
-            PlaneOverlap._streams[key] = torch.cuda.Stream(device, priority=PlaneOverlap.PRIORITY)
-        side = PlaneOverlap._streams[key]
-        side.wait_stream(torch.cuda.current_stream(device))
-        self.sides.add(side)
-        self.keep.extend(k for k in keep if torch.is_tensor(k))
-        return side
-
-
-@contextmanager
-def beside(device, *keep):
-    """Run the block's kernels on the active PlaneOverlap's side stream (else where they are)."""
-    ov = PlaneOverlap.active()
-    if ov is None or device.type != "cuda":
-        yield
-        return
-    with torch.cuda.stream(ov.fork(device, keep)):
-        yield
-
-
 def plane_from_source(t, spec, source, **tensors):
     """The second plane of a CUDA kernel's int8 output t built by fallback_cuda.py's kernels,
     no torch op in between: flags and slots from t's scales (plane_select), the flagged blocks'
@@ -425,14 +348,13 @@ def plane_from_source(t, spec, source, **tensors):
     capacity, budget = plane_capacity(spec, t.s.numel()), _budgeted(spec)
     if capacity == 0 and budget is None:
         return empty_plane(t)
-    with beside(t.q.device, t.q, t.s, *tensors.values()):      # (PlaneOverlap)
-        slot, idx, counts = select_cuda(t.s, rule, threshold, capacity)
-        if capacity is None:
-            idx = idx[:int(counts[0])]             # the host sync of an exact count
-        t.q2, t.s2 = residual_cuda(t, idx, source, **tensors)
-        t.slot, t.flagged = slot, counts
-        if budget is not None:
-            budget.observe(idx.numel() if capacity is None else counts[0], capacity)
+    slot, idx, counts = select_cuda(t.s, rule, threshold, capacity)
+    if capacity is None:
+        idx = idx[:int(counts[0])]                 # the host sync of an exact count
+    t.q2, t.s2 = residual_cuda(t, idx, source, **tensors)
+    t.slot, t.flagged = slot, counts
+    if budget is not None:
+        budget.observe(idx.numel() if capacity is None else counts[0], capacity)
     return t
 
 
@@ -482,10 +404,7 @@ def quantize_with_plane(x, qblock, fallback, stochastic=False, generator=None, w
             scores = scale_scores(t.s, rule)
         flags = flags_from_scores(scores, rule, threshold)
         plane_with_flags(t, flags, gathered_blocks(xp, qblock), fallback)
-    if not with_t:
-        return t
-    with beside(t.q.device, t.slot, t.q2):
-        return t, with_transposed_plane(tt, t)
+    return (t, with_transposed_plane(tt, t)) if with_t else t
 
 
 def quantize_fallback_ref(x, qblock=32, rule=DEFAULT_RULE, threshold=DEFAULT_THRESHOLD,
@@ -559,10 +478,6 @@ class FallbackConfig:
             count = (t.flagged[1] if t.flagged is not None else
                      flagged_count(t) if t.has_plane else 0)
             self.stats[name] = (count, t.s.numel())
-
-    def overlap(self):
-        """A PlaneOverlap when enabled (planes built beside the main stream), else a no-op."""
-        return PlaneOverlap() if self.enabled else nullcontext()
 
     def quantize(self, x, qblock, name, stochastic=False, with_t=False):
         """Quantize an activation, with a second plane for outlier blocks when enabled;

@@ -30,8 +30,7 @@ order: with the histogram kernel ~23-56 us a call on an H100 for 16k-64k blocks;
 for 1k / 4k blocks, which make their own histogram on 512 threads (notes/select_ab.log); the
 whole plane costs ~0.04 ms of GPU time where the torch ops took ~0.2 ms (16384 x 2048,
 bench.py --only fallback). One scratch buffer each (the histogram, plane_lists' arrival
-counter) per device: these kernels must run on one stream at a time (fallback.PlaneOverlap
-keeps it so).
+counter) per device: these kernels must run on one stream at a time.
 
 Arithmetic, bit exact with fallback.py's torch path where the float values are the same (a
 plain quantize: the 'copy' source; the ops' recomputes are the kernels' own formulas):

@@ -23,8 +23,6 @@ The residual adds take no kernel of their own: the c_proj GEMMs' epilogue adds x
 `residual`), and the norm backward kernels add the residual's gradient to dx (`dres`). For the
 attention half, NormLinear returns x itself (a view) as a second output, so that autograd hands
 its backward the gradient LinearResidual passes to x, instead of adding the two in a kernel.
-With fallback, each activation's plane is built on a side stream while the weight of the GEMM
-that reads it is quantized (`fb.overlap()`, fallback.PlaneOverlap).
 Attention (QK^T, softmax, PV) stays in bf16 through scaled_dot_product_attention; embeddings,
 the final norm, the LM head and the loss stay in bf16/fp32; the residual stream is fp32.
 The same parameters serve every mode, so a bf16 checkpoint loads into an int8 model.
@@ -161,9 +159,8 @@ class NormLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w, spec, out_dtype):
-        with spec.fb.overlap():        # (a fallback plane is built beside the weight's quantize)
-            a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "attn.c_attn")   # (B, T, C) int8
-            w_q = quantize(w, spec.qblock)                               # (3C, C) int8
+        a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "attn.c_attn")  # (B, T, C) int8
+        w_q = quantize(w, spec.qblock)                                   # (3C, C) int8
         # --- GEMM: qkv = A @ W^T ---
         qkv = linear_fwd(a_q, w_q, out="float", out_dtype=out_dtype)     # (B, T, 3C)
         save_q(ctx, a_q, xhat_q, rstd, ln_w, w)        # w, not w_q: see requantize_t
@@ -194,10 +191,9 @@ class LinearResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, w, x, spec):
-        with spec.fb.overlap():
-            y_q, y_qt = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj",
-                                         with_t=True)                    # (B, T, C) int8, ^T
-            w_q = quantize(w, spec.qblock)                               # (C, C) int8
+        y_q, y_qt = spec.fb.quantize(y, spec.qblock, f"{spec.name}.attn.c_proj",
+                                     with_t=True)                        # (B, T, C) int8, ^T
+        w_q = quantize(w, spec.qblock)                                   # (C, C) int8
         # --- GEMM: out = x + Y @ W^T (x added by the epilogue) ---
         out = linear_fwd(y_q, w_q, residual=x)                           # (B, T, C) fp32
         save_q(ctx, y_qt, w)                           # Y^T: all the backward needs of Y
@@ -221,14 +217,12 @@ class NormMLPResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w_fc, w_proj, spec):
-        with spec.fb.overlap():        # (a fallback plane is built beside the weight's quantize)
-            a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "mlp.c_fc")  # (B, T, C) int8
-            fc_q = quantize(w_fc, spec.qblock)                           # (H or 2H, C) int8
+        a_q, xhat_q, rstd = spec.norm_fwd(x, ln_w, ln_b, "mlp.c_fc")      # (B, T, C) int8
+        fc_q = quantize(w_fc, spec.qblock)                               # (H or 2H, C) int8
+        proj_q = quantize(w_proj, spec.qblock)                           # (C, H) int8
         # --- GEMM: H = A @ W_fc^T (int8 out) ---
         h_q = linear_fwd(a_q, fc_q, out="int8")                          # (B, T, H or 2H)
-        with spec.fb.overlap():
-            g_q = spec.act_fwd(h_q)                                      # (B, T, H) int8
-            proj_q = quantize(w_proj, spec.qblock)                       # (C, H) int8
+        g_q = spec.act_fwd(h_q)                                          # (B, T, H) int8
         # --- GEMM: out = x + G @ W_proj^T (x added by the epilogue) ---
         out = linear_fwd(g_q, proj_q, residual=x)                        # (B, T, C) fp32
         save_q(ctx, a_q, xhat_q, h_q, g_q, rstd, ln_w, w_fc, w_proj)
