@@ -9,7 +9,7 @@ made a fallback training step 2-4x a plain int8 step on the host alone. Here it 
 
     scale_histogram (many CTAs)    the scale grid s (n blocks) -> a histogram of the top 12 bits
                                    of the scales, and their zeros (grids of more than
-                                   OWN_HIST_MAX blocks; plane_select makes a smaller one's)
+                                   SMALL_GRID blocks; plane_select makes a smaller one's)
     plane_select    (1 CTA)        s and that histogram -> the flags, and for each flagged block
                                    its slot in q2 (block order), the slot -> block list, and the
                                    counts (flagged, of them given a slot)
@@ -50,11 +50,12 @@ from fallback import check_threshold, topk_count
 from int8_gemm_sm90_ring import TILE
 from quantize import get_kernel, launch
 
-# plane_select's CTA size by grid size (up to), and the largest grid whose level-1 histogram it
-# makes itself (notes/select_ab.log, H100: 1024 / 4096 blocks 12.8 / 16.5 us with the histogram
-# kernel, 8.8 / 12.2 us own at 512 threads; own is slower from 16384 blocks)
-SELECT_THREADS = {4096: 512}
-OWN_HIST_MAX = 4096
+# Grids of up to SMALL_GRID blocks: plane_select makes their level-1 histogram itself, on
+# SMALL_THREADS threads; larger ones take scale_histogram and 1024 threads (notes/select_ab.log,
+# H100: 1024 / 4096 blocks 12.8 / 16.5 us with the histogram kernel, 8.8 / 12.2 us on their own
+# at 512 threads; on their own is slower from 16384 blocks)
+SMALL_GRID = 4096
+SMALL_THREADS = 512
 HIST_THREADS = 256
 HIST_BINS = 4096
 LIST_THREADS = 256
@@ -610,23 +611,17 @@ plane_lists_kernel(const int* __restrict__ slot, int Rb, int Kb, int n2,
 SOURCES = {"copy": 0, "gelu": 1, "swiglu": 2, "layernorm": 3, "rmsnorm": 4}
 
 
-_hist = {}
+_scratch = {}
 
 
-def _histogram(device):
-    """scale_histogram's buffer for a device: BINS counts + the zero count, all zero between
-    calls (plane_select zeroes what it reads)."""
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _hist:
-        _hist[key] = torch.zeros(HIST_BINS + 1, dtype=torch.int32, device=device)
-    return _hist[key]
-
-
-def select_threads(n):
-    """plane_select's CTA size for a grid of n blocks (SELECT_THREADS; 1024 above)."""
-    nt = next((nt for most, nt in sorted(SELECT_THREADS.items()) if n <= most), 1024)
-    assert nt in (256, 512, 1024), f"plane_select runs 256, 512 or 1024 threads, not {nt}"
-    return nt
+def scratch(name, n, device):
+    """A per-device int32 buffer of n zeros that the kernels using it leave all zero between
+    calls: 'hist', scale_histogram's BINS counts + the zero count (plane_select zeroes what it
+    reads); 'done', plane_lists' arrival counter (its last CTA resets it)."""
+    key = (name, device.index if device.index is not None else torch.cuda.current_device())
+    if key not in _scratch:
+        _scratch[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _scratch[key]
 
 
 def select_cuda(s, rule, threshold, capacity):
@@ -650,14 +645,15 @@ def select_cuda(s, rule, threshold, capacity):
         s = s.clone(memory_format=torch.contiguous_format)
     buf = torch.empty((n + cap + 2,), dtype=torch.int32, device=dev)   # one allocation:
     slot, idx, counts = buf[:n].view(s.shape), buf[n:n + cap], buf[n + cap:]  # (host time)
-    hist = np.uint64(0)                    # a small grid: plane_select makes the histogram
-    if n > OWN_HIST_MAX:
-        hist = _histogram(dev)
+    small = n <= SMALL_GRID                # plane_select makes the histogram itself
+    hist = np.uint64(0)
+    if not small:
+        hist = scratch("hist", HIST_BINS + 1, dev)
         per_cta = HIST_THREADS * 16
         launch(get_kernel(HIST_SRC, "scale_histogram_kernel", (), dev), (-(-n // per_cta),),
                (HIST_THREADS,), (s, np.int32(n), hist))
     thr = np.float32(threshold if rule == "median" and math.isfinite(threshold) else 0.0)
-    nt = select_threads(n)
+    nt = SMALL_THREADS if small else 1024
     launch(get_kernel(SELECT_SRC, "plane_select_kernel", (f"NT={nt}",), dev), (1,), (nt,),
            (s, np.int32(n), np.int32(RULE_IDS[rule]), thr, np.int32(k), np.int32(cap), hist,
             slot, idx, counts))
@@ -685,18 +681,6 @@ def residual_cuda(t, idx, source, x=None, xs=None, mean=None, rstd=None, w=None,
     return q2, s2
 
 
-_done = {}
-
-
-def _done_counter(device):
-    """plane_lists_kernel's arrival counter for a device: zero between calls (its last CTA
-    resets it)."""
-    key = device.index if device.index is not None else torch.cuda.current_device()
-    if key not in _done:
-        _done[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _done[key]
-
-
 def plane_lists_cuda(slot, s2, qblock, halves=1):
     """fallback's plane_lists (int8_gemm_sm90_plane.py) in one kernel: same outputs, bit for
     bit."""
@@ -713,5 +697,5 @@ def plane_lists_cuda(slot, s2, qblock, halves=1):
     kernel = get_kernel(LISTS_SRC, "plane_lists_kernel", (f"RL={rl}",), dev)
     launch(kernel, (lists,), (LIST_THREADS,),
            (slot.contiguous(), np.int32(Rb), np.int32(Kb), np.int32(s2.shape[0]), s2.contiguous(),
-            listed, count, slots, scales, np.int32(halves), order, _done_counter(dev)))
+            listed, count, slots, scales, np.int32(halves), order, scratch("done", 1, dev)))
     return listed, count, slots, scales, order

@@ -1,5 +1,5 @@
-"""plane_select's CTA size (fallback_cuda.SELECT_THREADS) and its own level-1 histogram
-(OWN_HIST_MAX) against the scale_histogram kernel, on scale grids of the sizes a block step sees
+"""plane_select's CTA size (fallback_cuda.SMALL_THREADS) and its own level-1 histogram
+(SMALL_GRID) against the scale_histogram kernel, on scale grids of the sizes a block step sees
 (1024 and 4096 blocks: width 2048 at QB = 128; 16384 and 65536: QB = 32), side by side in one
 process (not part of the library):
 
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fallback_cuda as F  # noqa: E402
 from bench import kernel_ms  # noqa: E402
 
-VARIANTS = {   # name: (CTA size, OWN_HIST_MAX)
+VARIANTS = {   # name: (CTA size, SMALL_GRID)
     "histogram kernel, 1024 threads": (1024, 0),
     "own histogram, 1024 threads": (1024, 1 << 30),
     "own histogram, 512 threads": (512, 1 << 30),
@@ -37,17 +37,17 @@ def main():
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| blocks | " + " | ".join(VARIANTS) + " | outputs |")
     print("|---|" + "---|" * len(VARIANTS) + "---|")
-    default = (dict(F.SELECT_THREADS), F.OWN_HIST_MAX)
+    default = (F.SMALL_THREADS, F.SMALL_GRID)
     for n in (1024, 4096, 16384, 65536):
         s = grid(n, n)
         times = {v: [] for v in VARIANTS}
         outs = {}
         for _ in range(5):
             for name, (nt, own) in VARIANTS.items():
-                F.SELECT_THREADS, F.OWN_HIST_MAX = {1 << 30: nt}, own
+                F.SMALL_THREADS, F.SMALL_GRID = nt, own
                 outs[name] = [t.clone() for t in F.select_cuda(s, "median", 2.5, None)]
                 times[name].append(kernel_ms(lambda: F.select_cuda(s, "median", 2.5, None)))
-        F.SELECT_THREADS, F.OWN_HIST_MAX = default
+        F.SMALL_THREADS, F.SMALL_GRID = default
         ref = outs[next(iter(VARIANTS))]
         same = all(all(torch.equal(a, b) for a, b in zip(o, ref)) for o in outs.values())
         print(f"| {n} | " + " | ".join(f"{1e3 * statistics.median(t):.1f} us" for t in
