@@ -5,12 +5,17 @@ The math, the layout and the launcher are in int8_gemm.py (read its docstring fi
 The kernel, per CTA (a 128 x 128 tile of C, 8 warps, each warp a 64 x 32 tile):
   - cp.async copies 16-byte chunks of A and B into a STAGES-deep shared-memory ring
     (rows XOR-swizzled, so ldmatrix reads are free of bank conflicts);
-  - per 32 of K each warp loads its fragments with ldmatrix.x4 and issues 4 x 4 mma.sync;
-  - the int32 partial sum of one K-block stays in the mma's D registers. Its C operand starts
-    at the magic integer 0x4B400000 (the bits of 1.5 * 2^23), so the tensor core adds the bias
-    for free and, as long as |P| < 2^22, the bits of D read as a float are exactly
+  - per 32 of K each warp loads its fragments with ldmatrix.x4 and issues 4 x 4 mma.sync, one
+    16-row slice (4 mma.sync) at a time;
+  - the int32 partial sum P of one K-block and slice stays in the mma's D registers. Its C
+    operand starts at the magic integer 0x4B400000 (the bits of 1.5 * 2^23), so the tensor core
+    adds the bias for free and, as long as |P| < 2^22, the bits of D read as a float are exactly
     12582912 + P: one FADD recovers float(P) exactly (no slow I2F), one FFMA applies the scale
     product s_A * s_B. Unit scales therefore give the exact product.
+  - the slice is rescaled as soon as its K-block is done, so only 16 D registers are live: the
+    kernel fits 128 registers a thread, and two CTAs (16 warps) share an SM, one warp's rescale
+    hiding behind the others' mma.sync (1 CTA of ~250 registers before: 0.8-0.86x the time at
+    QB = 32, 0.73-0.78x at QB = 64, 0.92-1.07x at QB = 128; notes/gemm.md, v3).
   - the epilogue writes floats, or reduces each QB x QB block's absmax through shared memory
     and writes int8 + scales (RTN, or stochastic rounding with a counter-based hash seeded per
     call from torch's generator, so torch.manual_seed makes it reproducible).
@@ -39,6 +44,9 @@ constexpr int STEPS_PER_QB = QB / 32;          // k-steps per K-block
 constexpr int KB_STAGE = BK / QB;              // K-blocks per stage: 2, 1, 1
 constexpr int RB_WARP = WM > QB ? WM / QB : 1; // row blocks of scales per warp tile: 2, 1, 1
 constexpr int MAGIC = 0x4B400000;              // bits of 12582912.0f = 1.5 * 2^23
+#ifndef MIN_CTAS
+#define MIN_CTAS 2                             // CTAs per SM: <= 128 registers a thread
+#endif
 static_assert(QB == 32 || QB == 64 || QB == 128, "QB must be 32, 64 or 128");
 static_assert(BK % QB == 0 && BK % 32 == 0, "a stage holds whole K-blocks of whole k-steps");
 static_assert(BM % WM == 0 && BN % WN == 0 && WM % 16 == 0 && WN % 16 == 0, "warp tiling");
@@ -152,20 +160,6 @@ __device__ __forceinline__ void load_scales(const Loop& L, StageScales& s, int k
     }
 }
 
-// acc += float(P) * s_A * s_B for a finished K-block: D holds the bits of 12582912 + P (the
-// magic C operand), so one FADD gives float(P) exactly and one FFMA applies the scales.
-__device__ __forceinline__ void rescale(float (&acc)[MI][NI][4], const int (&d)[MI][NI][4],
-                                        const float (&sab)[RB_WARP]) {
-    #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-        #pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-            #pragma unroll
-            for (int j = 0; j < 4; ++j)
-                acc[mi][ni][j] = fmaf(__int_as_float(d[mi][ni][j]) - 12582912.0f,
-                                      sab[16 * mi / QB], acc[mi][ni][j]);
-}
-
 // The warp's accumulators, m16n8 tile (mi, ni) of its 64 x 32 tile; g = lane/4, t = lane%4:
 //
 //              col 2t   col 2t+1        row mi*16 + g      -> acc[mi][ni][0], [1]
@@ -177,14 +171,50 @@ __device__ __forceinline__ void rescale(float (&acc)[MI][NI][4], const int (&d)[
 // B fragments of n8 tiles 2j and 2j+1 (16 rows of B x 32 bytes), one ldmatrix.x4; lane l
 // addresses row (l%8) + 8*(l/16), bytes 16*((l/8)%2):  {b0, b1} of tile 2j, then of tile 2j+1
 //
-// K-block b accumulates in d[b % 2]; its rescale runs during the first k-step of block b + 1,
-// so the FP work of one block overlaps the mma.sync of the next. PARITY = kt % 2 makes the
-// buffer index a compile-time constant (the K loop is unrolled by two).
-template <int PARITY>
-__device__ __forceinline__ void mma_stage(const Loop& L, int kt, float (&acc)[MI][NI][4],
-                                          int (&d)[2][MI][NI][4], float (&sab_prev)[RB_WARP],
-                                          StageScales& cur, StageScales& nxt) {
+// One K-block (kbl of the stage's KB_STAGE): B's fragments for its STEPS_PER_QB k-steps, then
+// for each 16-row slice mi of the warp tile its NI partial sums P (int32, in d: the C operand of
+// the K-block's first mma is the magic integer) and their rescale into acc[mi] right away:
+//     acc += (float(bits of 12582912 + P) - 12582912) * s_A * s_B      (FADD + FFMA, exact)
+// Only one slice's d (16 registers) is live, so the kernel fits 128 registers a thread and two
+// CTAs (16 warps) share an SM: while one warp rescales, others keep the tensor cores busy.
+__device__ __forceinline__ void mma_kblock(const Loop& L, unsigned sA, unsigned sB, int kbl,
+                                           float (&acc)[MI][NI][4], const float (&sab)[RB_WARP]) {
     const int magic[4] = {MAGIC, MAGIC, MAGIC, MAGIC};
+    unsigned b[STEPS_PER_QB][NI][2];
+    #pragma unroll
+    for (int s = 0; s < STEPS_PER_QB; ++s)
+        #pragma unroll
+        for (int j = 0; j < NI / 2; ++j) {
+            unsigned r[4];
+            ldmatrix_x4(r, sB + L.b_frag[kbl * STEPS_PER_QB + s] + 16 * BK * j);
+            b[s][2 * j][0] = r[0]; b[s][2 * j][1] = r[1]; b[s][2 * j + 1][0] = r[2]; b[s][2 * j + 1][1] = r[3];
+        }
+    #pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+        int d[NI][4];
+        #pragma unroll
+        for (int s = 0; s < STEPS_PER_QB; ++s) {
+            unsigned a[4];
+            ldmatrix_x4(a, sA + L.a_frag[kbl * STEPS_PER_QB + s] + 16 * BK * mi);
+            #pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                if (s == 0) mma_m16n8k32_s8(d[ni], a, b[s][ni], magic);
+                else        mma_m16n8k32_s8(d[ni], a, b[s][ni], d[ni]);
+            }
+        }
+        #pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+            #pragma unroll
+            for (int j = 0; j < 4; ++j)
+                acc[mi][ni][j] = fmaf(__int_as_float(d[ni][j]) - 12582912.0f, sab[16 * mi / QB],
+                                      acc[mi][ni][j]);
+    }
+}
+
+// One pipeline stage: wait for it, refill the slot freed by the stage before, prefetch the
+// next stage's scales, and run its K-blocks.
+__device__ __forceinline__ void mma_stage(const Loop& L, int kt, float (&acc)[MI][NI][4],
+                                          StageScales& cur, StageScales& nxt) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();                       // stage kt has landed; everyone is done with kt - 1
     if (kt + STAGES - 1 < L.KT) load_stage(L, (kt + STAGES - 1) % STAGES, (kt + STAGES - 1) * BK);
@@ -192,34 +222,11 @@ __device__ __forceinline__ void mma_stage(const Loop& L, int kt, float (&acc)[MI
     load_scales(L, nxt, (kt + 1) * KB_STAGE);                  // used by the next stage
     const unsigned sA = L.smem + (kt % STAGES) * STAGE_BYTES, sB = sA + BM * BK;
     #pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) {
-        unsigned a[MI][4], b[NI][2];
+    for (int kbl = 0; kbl < KB_STAGE; ++kbl) {
+        float sab[RB_WARP];                                    // s_A * s_B of this K-block
         #pragma unroll
-        for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(a[mi], sA + L.a_frag[ks] + 16 * BK * mi);
-        #pragma unroll
-        for (int j = 0; j < NI / 2; ++j) {
-            unsigned r[4];
-            ldmatrix_x4(r, sB + L.b_frag[ks] + 16 * BK * j);
-            b[2 * j][0] = r[0]; b[2 * j][1] = r[1]; b[2 * j + 1][0] = r[2]; b[2 * j + 1][1] = r[3];
-        }
-        const int kbl = ks / STEPS_PER_QB, buf = (PARITY * KB_STAGE + kbl) % 2;
-        if (ks % STEPS_PER_QB == 0) {                          // a new K-block starts at 0x4B400000
-            #pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-                #pragma unroll
-                for (int ni = 0; ni < NI; ++ni) mma_m16n8k32_s8(d[buf][mi][ni], a[mi], b[ni], magic);
-            rescale(acc, d[buf ^ 1], sab_prev);                // the previous K-block
-        } else {
-            #pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-                #pragma unroll
-                for (int ni = 0; ni < NI; ++ni)
-                    mma_m16n8k32_s8(d[buf][mi][ni], a[mi], b[ni], d[buf][mi][ni]);
-        }
-        if (ks % STEPS_PER_QB == STEPS_PER_QB - 1) {           // s_A * s_B of this K-block
-            #pragma unroll
-            for (int r = 0; r < RB_WARP; ++r) sab_prev[r] = cur.a[kbl][r] * cur.b[kbl];
-        }
+        for (int r = 0; r < RB_WARP; ++r) sab[r] = cur.a[kbl][r] * cur.b[kbl];
+        mma_kblock(L, sA, sB, kbl, acc, sab);
     }
     cur = nxt;
 }
@@ -258,16 +265,12 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned 
     for (int r = 0; r < RB_WARP; ++r) L.sa[r] = As + (long long)min(rb0 + r, Mb - 1) * L.Kb;
     L.sb = Bs + (long long)min((n0 + warp_n * WN) / QB, Nb - 1) * L.Kb;
 
-    int d[2][MI][NI][4];
-    float sab_prev[RB_WARP];
     #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
         #pragma unroll
         for (int ni = 0; ni < NI; ++ni)
             #pragma unroll
-            for (int j = 0; j < 4; ++j) { acc[mi][ni][j] = 0.f; d[1][mi][ni][j] = MAGIC; }
-    #pragma unroll
-    for (int r = 0; r < RB_WARP; ++r) sab_prev[r] = 0.f;       // "block -1" adds exactly 0
+            for (int j = 0; j < 4; ++j) acc[mi][ni][j] = 0.f;
 
     #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {                     // prologue: stages 0..S-2 in flight
@@ -276,12 +279,7 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned 
     }
     StageScales cur, nxt;
     load_scales(L, cur, 0);
-    for (int kt = 0; kt < L.KT; kt += 2) {
-        mma_stage<0>(L, kt, acc, d, sab_prev, cur, nxt);
-        if (kt + 1 < L.KT) mma_stage<1>(L, kt + 1, acc, d, sab_prev, cur, nxt);
-    }
-    if ((L.KT * KB_STAGE - 1) % 2 == 0) rescale(acc, d[0], sab_prev);   // the last K-block
-    else                                rescale(acc, d[1], sab_prev);
+    for (int kt = 0; kt < L.KT; ++kt) mma_stage(L, kt, acc, cur, nxt);
     cp_async_wait<0>();
 }
 """
@@ -445,7 +443,7 @@ __device__ __forceinline__ void epilogue_int8(const float (&acc)[MI][NI][4], int
     else store_int8_tile<false>(acc, inv, q, Mp, Np, row0, col0, seed);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                   const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
                   int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add) {
@@ -457,7 +455,7 @@ gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ A
     epilogue_float(acc, m0, n0, M, N, out, out_bf16, add);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                  const signed char* __restrict__ B, const float* __restrict__ Bs,
                  signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
