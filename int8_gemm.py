@@ -26,10 +26,11 @@ The mma.sync kernel's CUDA source lives in int8_gemm_mma.py (its docstring draws
 pipeline and the rescale); the Hopper wgmma kernel in int8_gemm_sm90.py. This file holds the
 reference, the launcher and the dispatch.
 
-Operands with a fallback plane (fallback.py) are a sum over plane pairs. On Hopper, gemm()
-runs one wgmma kernel that reads the compact plane and adds its flagged K-blocks as extra
-K-blocks (its cost grows with them: int8_gemm_sm90.py); with the mma.sync kernel, or planes on
-both operands, one tensor-core GEMM per plane pair (gemm_planes); on the CPU the reference.
+Operands with a fallback plane (fallback.py) are a sum over plane pairs. On the GPU, gemm()
+runs one kernel (wgmma, or mma.sync built with PLANE = 1) that reads the compact plane and adds
+its flagged K-blocks as extra K-blocks (its cost grows with them: int8_gemm_sm90.py,
+int8_gemm_mma.py); with planes on both operands, one tensor-core GEMM per plane pair
+(gemm_planes); on the CPU the reference.
 """
 from functools import lru_cache, partial
 
@@ -140,8 +141,9 @@ def _smem_bytes(qblock):
 
 
 @lru_cache(maxsize=None)
-def _kernel(name, qblock, device_index):
-    kernel = get_kernel(GEMM_SRC, name, (f"QB={qblock}",), torch.device("cuda", device_index))
+def _kernel(name, qblock, device_index, plane=False):
+    defines = (f"QB={qblock}",) + (("PLANE=1",) if plane else ())
+    kernel = get_kernel(GEMM_SRC, name, defines, torch.device("cuda", device_index))
     kernel.max_dynamic_shared_size_bytes = _smem_bytes(qblock)    # > 48 KB needs an opt-in
     return kernel
 
@@ -178,9 +180,9 @@ def _auto_kernel(device_index):
 
 def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
               accumulate=None, kernel="auto", residual=None):
-    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; on the wgmma kernels
-    one of them may carry a fallback plane, whose flagged K-blocks then run as extra K-blocks,
-    promoted exactly; gemm() picks the kernel for that: plane_kernel).
+    """The tensor-core kernel; same contract as gemm_ref (CUDA QTensors; one of them may carry a
+    fallback plane, whose flagged K-blocks then run as extra K-blocks, promoted exactly; gemm()
+    picks the kernel for that: plane_kernel).
     kernel: 'auto' | 'mma' (mma.sync, sm_80+) | 'wgmma' (sm_90a; the magic-number promotion
     where K splits into its K-groups, within about one unit of each K-block's scale product of
     the exact sums: int8_gemm_sm90.py) | 'wgmma_exact' (the same kernel, exact promotion) | 'wgmma_pp'
@@ -202,9 +204,9 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     if kernel == "auto":
         kernel = _auto_kernel(device.index)
     planes = a.has_plane + b.has_plane
-    if planes == 2 or (planes and kernel == "mma"):
-        raise ValueError("gemm_cuda: the wgmma kernels take one operand's fallback plane, the mma "
-                         "kernel none; use gemm(), which sums plane pairs")
+    if planes == 2:
+        raise ValueError("gemm_cuda: the kernels take one operand's fallback plane; use gemm(), "
+                         "which sums plane pairs")
     if kernel != "mma":
         if capability(device.index) != (9, 0):
             raise ValueError(f"gemm_cuda: kernel={kernel!r} needs an sm_90 GPU (H100/H200), got "
@@ -234,10 +236,10 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
         if kernel != "mma":
             sm90.launch_float(a, b, c, M, N, add, **exact)
             return c
-        launch(_kernel("gemm_float_kernel", QB, device.index), grid, block,
+        launch(_kernel("gemm_float_kernel", QB, device.index, bool(planes)), grid, block,
                ab + (c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np), np.int32(Kp),
-                     np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add),
-               shared_mem=smem)
+                     np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add)
+               + _mma_plane_args(a, b), shared_mem=smem)
         return c
     q = _empty((Mp, Np), torch.int8, device)                   # padded like quantize()
     s = _empty((Mp // QB, Np // QB), torch.float32, device)
@@ -246,10 +248,44 @@ def gemm_cuda(a, b, out="float", out_dtype=torch.float32, shape=None, generator=
     if kernel != "mma":
         sm90.launch_int8(a, b, q, s, stochastic, seed, **exact)
         return QTensor(q, s, shape, QB)
-    launch(_kernel("gemm_int8_kernel", QB, device.index), grid, block,
+    launch(_kernel("gemm_int8_kernel", QB, device.index, bool(planes)), grid, block,
            ab + (q, s, np.int32(Mp), np.int32(Np), np.int32(Kp), np.int32(stochastic),
-                 np.uint32(seed), sr_salt(device)), shared_mem=smem)
+                 np.uint32(seed), sr_salt(device)) + _mma_plane_args(a, b), shared_mem=smem)
     return QTensor(q, s, shape, QB)
+
+
+def plane_operand(t):
+    """The compact plane of t (slot, q2, s2), checked against t's block grid, as the kernel reads
+    it: q2 contiguous and 16-byte aligned (its TMA map, its 16-byte cp.async; copied if not: it is
+    small)."""
+    QB, grid = t.qblock, (t.q.shape[0] // t.qblock, t.q.shape[1] // t.qblock)
+    slot, q2, s2 = t.slot, t.q2, t.s2
+    if slot.dtype != torch.int32 or tuple(slot.shape) != grid:
+        raise ValueError(f"gemm_cuda: the plane's slot must be {grid} int32 (one per block), got "
+                         f"{tuple(slot.shape)} {slot.dtype}")
+    if q2.dtype != torch.int8 or q2.dim() != 3 or tuple(q2.shape[1:]) != (QB, QB):
+        raise ValueError(f"gemm_cuda: the plane's q2 must be (n, {QB}, {QB}) int8, got "
+                         f"{tuple(q2.shape)} {q2.dtype}")
+    if s2.dtype != torch.float32 or tuple(s2.shape) != (q2.shape[0],):
+        raise ValueError(f"gemm_cuda: the plane's s2 must be ({q2.shape[0]},) fp32, got "
+                         f"{tuple(s2.shape)} {s2.dtype}")
+    if not (slot.device == q2.device == s2.device == t.q.device):
+        raise ValueError("gemm_cuda: the plane's slot, q2 and s2 must be on the operand's device")
+    if not q2.is_contiguous() or q2.data_ptr() % 16:
+        q2 = q2.clone(memory_format=torch.contiguous_format)
+    return slot, q2, s2
+
+
+def _mma_plane_args(a, b):
+    """The mma.sync kernel's p_* arguments: the one operand's compact plane and its K-block lists
+    per 128-row tile (the wgmma kernel's, fallback_cuda.plane_lists_cuda), or nulls."""
+    t = a if a.has_plane else b if b.has_plane else None
+    if t is None:
+        return (np.uint64(0),) * 5 + (np.int32(0),) * 2
+    from fallback_cuda import plane_lists_cuda
+    slot, q2, s2 = plane_operand(t)
+    listed, count, slots, scales, _ = plane_lists_cuda(slot, s2, t.qblock)
+    return (listed, count, slots, scales, q2, np.int32(listed.shape[1]), np.int32(t is b))
 
 
 def _empty(shape, dtype, device):
@@ -277,7 +313,7 @@ def gemm(a, b, out="float", out_dtype=torch.float32, shape=None, generator=None,
     if isinstance(a, QTensor) and isinstance(b, QTensor) and on_cuda(a.q, b.q):
         if a.has_plane or b.has_plane:       # (no flagged block: the plain GEMM, exactly)
             kernel = plane_kernel(a, b, _auto_kernel(a.q.device.index))
-            if kernel != "mma" and not (a.has_plane and b.has_plane):
+            if not (a.has_plane and b.has_plane):
                 # fused: the plane's flagged K-blocks run as extra K-blocks of one kernel
                 return gemm_cuda(a, b, out, out_dtype, shape, generator, accumulate, kernel,
                                  residual)
@@ -311,9 +347,9 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm, 
     """Operands with a fallback plane as a sum of plain GEMMs over plane pairs, each run by
     `plain_gemm` into one fp32 accumulator; the epilogue then acts on the sum.
 
-    On CUDA this serves the mma.sync kernel and planes on both operands: each second plane is
-    expanded to a dense int8 tensor (zero outside flagged blocks) and costs a whole GEMM
-    whatever the flagged fraction. The wgmma kernels fuse one operand's plane instead.
+    On CUDA this serves planes on both operands: each second plane is expanded to a dense int8
+    tensor (zero outside flagged blocks) and costs a whole GEMM whatever the flagged fraction.
+    The kernels fuse one operand's plane instead.
     """
     check_gemm(a, b, out, out_dtype, accumulate, residual)
     acc = accumulate if accumulate is not None else torch.zeros(
@@ -333,5 +369,5 @@ def gemm_planes(a, b, out, out_dtype, shape, generator, accumulate, plain_gemm, 
     return quantize(c, a.qblock, stochastic=(out == "int8_sr"), generator=generator)
 
 
-__all__ = ["gemm", "gemm_ref", "gemm_cuda", "gemm_planes", "plane_kernel", "block_gemm_ref",
-           "check_gemm", "GEMM_OUTS"]
+__all__ = ["gemm", "gemm_ref", "gemm_cuda", "gemm_planes", "plane_kernel", "plane_operand",
+           "block_gemm_ref", "check_gemm", "GEMM_OUTS"]

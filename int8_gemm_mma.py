@@ -116,6 +116,28 @@ __device__ __forceinline__ void tile_origin(int pid, int Mp, int Np, int& m0, in
 # CUDA source, part 2: the tile loop (shared by every epilogue)
 
 GEMM_MAINLOOP_SRC = r"""
+#ifndef PLANE
+#define PLANE 0
+#endif
+// The fallback plane (the build with PLANE = 1; int8_gemm.gemm_cuda passes nulls to the plain
+// one): the operand's second plane in fallback.py's compact form (q2 blocks of QB x QB bytes,
+// found by slot) and its K-block lists per 128-row tile of that operand, as
+// fallback_cuda.plane_lists_cuda builds them for the wgmma kernel too. A tile's listed K-blocks
+// run first, KB_STAGE to a stage, as extra stages of the ring: the plane operand's rows from q2
+// (zeros for a row block with no flagged block there), the other operand's same K-block, and
+// their scales (s2: 0 where nothing is flagged), promoted exactly like the plain ones. So the
+// plane costs in proportion to the (tile, K-block) pairs it touches.
+struct Plane {
+    const int* list;                           // (lists, stride): each list's K-blocks
+    const int* count;                          // (lists,): its length
+    const int* slot;                           // (lists, stride, RL): q2 index per row block, or -1
+    const float* s2;                           // (lists, stride, RL): its scale, or 0
+    const signed char* q2;                     // (n2, QB, QB)
+    int stride, on_b;                          // on_b: the plane is B's (lists per 128 rows of B)
+    int base, n, stages;                       // this tile's list: entries base.., n of them
+    int rb, cb;                                // this warp's first row block / its column block in the tile
+};
+
 // Everything the stages need that does not change with K, set up once per CTA. The swizzle
 // repeats every 8 rows, so each offset below is one number plus compile-time row steps.
 struct Loop {
@@ -126,7 +148,11 @@ struct Loop {
     int c16;                               // K offset of the thread's copy chunk
     int a_frag[KSTEPS], b_frag[KSTEPS];    // ldmatrix offset per k-step; tile mi (or pair j) adds 16 * BK
     const float* sa[RB_WARP]; const float* sb;     // this warp's rows of scales
-    int Kp, Kb, KT;
+    int Kp, Kb, KT;                        // KT: the plain stages
+    int total;                             // stages of the K loop: the plane's, then the plain ones
+#if PLANE
+    Plane P;
+#endif
 };
 
 // cp.async one stage: K bytes k0..k0+BK of the CTA's A rows and B rows; zeros past the edges.
@@ -145,6 +171,44 @@ __device__ __forceinline__ void load_stage(const Loop& L, int slot, int k0) {
     }
 }
 
+#if PLANE
+constexpr int RL = BM / QB;                    // row blocks of a tile: slots and scales per entry
+
+// cp.async one plane stage: list entries s * KB_STAGE .. + KB_STAGE - 1 of the tile, one K-block
+// column each; past the list's end, zeros (and scale 0).
+__device__ __forceinline__ void load_plane_stage(const Loop& L, int slot, int s) {
+    const Plane& P = L.P;
+    const unsigned sA = L.smem + slot * STAGE_BYTES, sB = sA + BM * BK;
+    const int i = L.c16 / QB, kc = L.c16 % QB;             // the thread's K-block column, its byte
+    const int e = s * KB_STAGE + i, entry = P.base + e;
+    const bool ok = e < P.n;
+    const int kb = ok ? __ldg(P.list + entry) : 0;
+    const int r0 = threadIdx.x / CHUNKS;
+    static_assert(A_COPIES == B_COPIES, "a plane stage pairs each plane row copy with one of the other");
+    #pragma unroll
+    for (int j = 0; j < A_COPIES; ++j) {
+        const int r = r0 + j * COPY_ROWS;                  // row of the tile
+        const int q = ok ? __ldg(P.slot + entry * RL + r / QB) : -1;
+        const int o = P.on_b ? L.a_src[j] : L.b_src[j];    // the other operand's row * Kp + c16
+        const bool o_ok = ok && o >= 0;
+        const signed char* plane_src = q >= 0 ? P.q2 + ((long long)q * QB + r % QB) * QB + kc : L.A;
+        const signed char* other_src = (P.on_b ? L.A : L.B) + (o_ok ? o - L.c16 + kb * QB + kc : 0);
+        const unsigned dst = L.dst + j * COPY_ROWS * BK;
+        cp_async16((P.on_b ? sB : sA) + dst, plane_src, q >= 0 ? 16 : 0);
+        cp_async16((P.on_b ? sA : sB) + dst, other_src, o_ok ? 16 : 0);
+    }
+}
+#endif
+
+// Stage s of the K loop: the plane's stages first, then the plain ones.
+__device__ __forceinline__ void load_any(const Loop& L, int slot, int s) {
+#if PLANE
+    if (s < L.P.stages) { load_plane_stage(L, slot, s); return; }
+    s -= L.P.stages;
+#endif
+    load_stage(L, slot, s * BK);
+}
+
 // The scales of one stage for this warp: s_A of its RB_WARP row blocks, s_B of its column block,
 // per K-block of the stage. A K-block past the end (the odd tail when QB = 32) gets scale 0; a
 // row block past the edge was clamped in setup: both multiply zero-filled data.
@@ -158,6 +222,27 @@ __device__ __forceinline__ void load_scales(const Loop& L, StageScales& s, int k
         for (int r = 0; r < RB_WARP; ++r) s.a[i][r] = ok ? __ldg(L.sa[r] + kb0 + i) : 0.f;
         s.b[i] = ok ? __ldg(L.sb + kb0 + i) : 0.f;
     }
+}
+
+__device__ __forceinline__ void scales_any(const Loop& L, StageScales& s, int stage) {
+#if PLANE
+    const Plane& P = L.P;
+    if (stage < P.stages) {
+        #pragma unroll
+        for (int i = 0; i < KB_STAGE; ++i) {
+            const int e = stage * KB_STAGE + i, entry = P.base + e;
+            const bool ok = e < P.n;
+            const int kb = ok ? __ldg(P.list + entry) : 0;
+            #pragma unroll
+            for (int r = 0; r < RB_WARP; ++r)
+                s.a[i][r] = !ok ? 0.f : P.on_b ? __ldg(L.sa[r] + kb) : __ldg(P.s2 + entry * RL + P.rb + r);
+            s.b[i] = !ok ? 0.f : P.on_b ? __ldg(P.s2 + entry * RL + P.cb) : __ldg(L.sb + kb);
+        }
+        return;
+    }
+    stage -= P.stages;
+#endif
+    load_scales(L, s, stage * KB_STAGE);
 }
 
 // The warp's accumulators, m16n8 tile (mi, ni) of its 64 x 32 tile; g = lane/4, t = lane%4:
@@ -217,9 +302,9 @@ __device__ __forceinline__ void mma_stage(const Loop& L, int kt, float (&acc)[MI
                                           StageScales& cur, StageScales& nxt) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();                       // stage kt has landed; everyone is done with kt - 1
-    if (kt + STAGES - 1 < L.KT) load_stage(L, (kt + STAGES - 1) % STAGES, (kt + STAGES - 1) * BK);
+    if (kt + STAGES - 1 < L.total) load_any(L, (kt + STAGES - 1) % STAGES, kt + STAGES - 1);
     cp_async_commit();
-    load_scales(L, nxt, (kt + 1) * KB_STAGE);                  // used by the next stage
+    scales_any(L, nxt, kt + 1);                                // used by the next stage
     const unsigned sA = L.smem + (kt % STAGES) * STAGE_BYTES, sB = sA + BM * BK;
     #pragma unroll
     for (int kbl = 0; kbl < KB_STAGE; ++kbl) {
@@ -234,7 +319,7 @@ __device__ __forceinline__ void mma_stage(const Loop& L, int kt, float (&acc)[MI
 __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned char* smem,
         const signed char* __restrict__ A, const float* __restrict__ As,
         const signed char* __restrict__ B, const float* __restrict__ Bs,
-        int Mp, int Np, int Kp, int m0, int n0) {
+        int Mp, int Np, int Kp, int m0, int n0, const Plane& plane) {
     const int tid = threadIdx.x, warp_id = tid / 32, lane = tid % 32;
     const int warp_m = warp_id / WARPS_N, warp_n = warp_id % WARPS_N;
     Loop L;
@@ -264,6 +349,17 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned 
     #pragma unroll
     for (int r = 0; r < RB_WARP; ++r) L.sa[r] = As + (long long)min(rb0 + r, Mb - 1) * L.Kb;
     L.sb = Bs + (long long)min((n0 + warp_n * WN) / QB, Nb - 1) * L.Kb;
+    L.total = L.KT;
+#if PLANE
+    L.P = plane;
+    const int list = (plane.on_b ? n0 : m0) / BM;
+    L.P.base = list * plane.stride;
+    L.P.n = plane.count[list];
+    L.P.stages = (L.P.n + KB_STAGE - 1) / KB_STAGE;
+    L.P.rb = warp_m * WM / QB;
+    L.P.cb = warp_n * WN / QB;
+    L.total += L.P.stages;
+#endif
 
     #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -274,12 +370,12 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[MI][NI][4], unsigned 
 
     #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {                     // prologue: stages 0..S-2 in flight
-        if (s < L.KT) load_stage(L, s, s * BK);
+        if (s < L.total) load_any(L, s, s);
         cp_async_commit();
     }
     StageScales cur, nxt;
-    load_scales(L, cur, 0);
-    for (int kt = 0; kt < L.KT; ++kt) mma_stage(L, kt, acc, cur, nxt);
+    scales_any(L, cur, 0);
+    for (int kt = 0; kt < L.total; ++kt) mma_stage(L, kt, acc, cur, nxt);
     cp_async_wait<0>();
 }
 """
@@ -446,12 +542,15 @@ __device__ __forceinline__ void epilogue_int8(const float (&acc)[MI][NI][4], int
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 gemm_float_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                   const signed char* __restrict__ B, const float* __restrict__ Bs, void* out,
-                  int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add) {
+                  int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add,
+                  const int* p_list, const int* p_count, const int* p_slot, const float* p_s2,
+                  const signed char* p_q2, int p_stride, int p_on_b) {
     extern __shared__ __align__(128) unsigned char smem[];
     int m0, n0;
     tile_origin(blockIdx.x, Mp, Np, m0, n0);
     float acc[MI][NI][4];
-    gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0);
+    const Plane plane{p_list, p_count, p_slot, p_s2, p_q2, p_stride, p_on_b};  // (PLANE = 1 only)
+    gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0, plane);
     epilogue_float(acc, m0, n0, M, N, out, out_bf16, add);
 }
 
@@ -459,13 +558,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_CTAS)
 gemm_int8_kernel(const signed char* __restrict__ A, const float* __restrict__ As,
                  const signed char* __restrict__ B, const float* __restrict__ Bs,
                  signed char* q, float* q_s, int Mp, int Np, int Kp, int stochastic, unsigned seed,
-                 const unsigned* __restrict__ salt) {
+                 const unsigned* __restrict__ salt, const int* p_list, const int* p_count, const int* p_slot, const float* p_s2,
+                 const signed char* p_q2, int p_stride, int p_on_b) {
     extern __shared__ __align__(128) unsigned char smem[];
     if (stochastic) seed ^= *salt;                 // (quantize_cuda.sr_salt: CUDA graph replays)
     int m0, n0;
     tile_origin(blockIdx.x, Mp, Np, m0, n0);
     float acc[MI][NI][4];
-    gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0);
+    const Plane plane{p_list, p_count, p_slot, p_s2, p_q2, p_stride, p_on_b};  // (PLANE = 1 only)
+    gemm_mainloop(acc, smem, A, As, B, Bs, Mp, Np, Kp, m0, n0, plane);
     epilogue_int8(acc, m0, n0, Mp, Np, q, q_s, stochastic, seed);
 }
 """

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fallback_cuda import plane_lists_cuda
-from int8_gemm import cdiv
+from int8_gemm import cdiv, plane_operand
 from int8_gemm_sm90_ring import TILE
 from tma import tile_map
 
@@ -209,27 +209,6 @@ def plane_lists(slot, s2, qblock, halves=1):
     return listed, count, slots, scales.masked_fill_(slots < 0, 0.0), order
 
 
-def _plane(t):
-    """The compact plane of t (slot, q2, s2), checked against t's block grid, as the kernel reads
-    it: q2 contiguous and 16-byte aligned for its TMA map (copied if not: it is small)."""
-    QB, grid = t.qblock, (t.q.shape[0] // t.qblock, t.q.shape[1] // t.qblock)
-    slot, q2, s2 = t.slot, t.q2, t.s2
-    if slot.dtype != torch.int32 or tuple(slot.shape) != grid:
-        raise ValueError(f"gemm_cuda: the plane's slot must be {grid} int32 (one per block), got "
-                         f"{tuple(slot.shape)} {slot.dtype}")
-    if q2.dtype != torch.int8 or q2.dim() != 3 or tuple(q2.shape[1:]) != (QB, QB):
-        raise ValueError(f"gemm_cuda: the plane's q2 must be (n, {QB}, {QB}) int8, got "
-                         f"{tuple(q2.shape)} {q2.dtype}")
-    if s2.dtype != torch.float32 or tuple(s2.shape) != (q2.shape[0],):
-        raise ValueError(f"gemm_cuda: the plane's s2 must be ({q2.shape[0]},) fp32, got "
-                         f"{tuple(s2.shape)} {s2.dtype}")
-    if not (slot.device == q2.device == s2.device == t.q.device):
-        raise ValueError("gemm_cuda: the plane's slot, q2 and s2 must be on the operand's device")
-    if not q2.is_contiguous() or q2.data_ptr() % 16:
-        q2 = q2.clone(memory_format=torch.contiguous_format)
-    return slot, q2, s2
-
-
 def _halves(t, on_a):
     """K-block lists per 64-row consumer half (2) or per 128-row tile (1). Per half needs the
     plane on A (the halves split A's rows) and whole blocks in a half (QB <= 64); measured
@@ -252,7 +231,7 @@ def plane_args(a, b):
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
         return (np.uint64(0),) * 5 + (np.int32(0),) * 3 + (NO_MAP, NO_MAP)
-    slot, q2, s2 = _plane(t)
+    slot, q2, s2 = plane_operand(t)
     halves = _halves(t, t is a)
     listed, count, slots, scales, order = plane_lists_cuda(slot, s2, t.qblock, halves)
     QB, other = t.qblock, b if t is a else a

@@ -264,8 +264,8 @@ def fallback_operand(rows, cols, qblock, threshold=2.5, seed=0):
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(300, 256, 190), (1030, 640, 1056), (64, 2080, 96)])
 def test_fallback_gemm_matches_plane_sum(M, K, N, qblock, kernel):
-    """gemm() with a fallback plane on A (forward layout) or on B (wgrad layout): fused into one
-    wgmma kernel, or a sum of plane-pair GEMMs on mma.sync; both against the reference."""
+    """gemm() with a fallback plane on A (forward layout) or on B (wgrad layout), fused into one
+    kernel (wgmma, or mma.sync built with its plane stages), against the reference."""
     ta, frac = fallback_operand(M, K, qblock, seed=M + qblock)
     assert 0 < frac < 0.5
     tb = operand(N, K, qblock, outlier=False)
@@ -346,12 +346,11 @@ def test_fallback_gemm_planes_in_runs_of_rows(qblock, kernel):
 
 @pytest.mark.parametrize("qblock", [32, 128])
 def test_fallback_plane_layouts(qblock, kernel, monkeypatch):
-    """The plane on A with K-block lists per tile and per consumer half. A plane whose q2 / s2
+    """The plane on A with K-block lists per tile and per consumer half (wgmma; mma.sync lists per
+    tile whatever _halves says). A plane whose q2 / s2
     / slot are not contiguous, or whose q2 is not 16-byte aligned, gives the contiguous plane's
     result; a slot past q2 reads as no plane (never out of bounds); a plane that does not match
     its operand's block grid is refused."""
-    if kernel == "mma":
-        pytest.skip("the mma kernel takes no plane (gemm() expands it for a plane-pair sum)")
     M, K, N = 160, 320, 96
     t = random_plane(operand(M, K, qblock), 0.2, seed=5, spare=0)
     tb = operand(N, K, qblock, outlier=False)
