@@ -37,6 +37,7 @@ from functools import lru_cache, partial
 import numpy as np
 import torch
 
+from fallback_cuda import plane_lists_cuda
 from int8_gemm_mma import GEMM_SRC
 from quantize import QTensor, capability, get_kernel, launch, on_cuda, quantize, second_plane
 from quantize_cuda import sr_salt
@@ -282,7 +283,6 @@ def _mma_plane_args(a, b):
     t = a if a.has_plane else b if b.has_plane else None
     if t is None:
         return (np.uint64(0),) * 5 + (np.int32(0),) * 2
-    from fallback_cuda import plane_lists_cuda
     slot, q2, s2 = plane_operand(t)
     listed, count, slots, scales, _ = plane_lists_cuda(slot, s2, t.qblock)
     return (listed, count, slots, scales, q2, np.int32(listed.shape[1]), np.int32(t is b))

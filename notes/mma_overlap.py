@@ -25,23 +25,15 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from int8_gemm_mma import GEMM_COMMON_SRC  # noqa: E402  (mma_m16n8k32_s8, MAGIC)
 
-SOURCE = r"""
+SOURCE = GEMM_COMMON_SRC + r"""
 #ifndef MODE
 #define MODE 0                                // 0 mma, 1 ffma1, 2 ffma2, 3 magic, 4 exact
 #endif
 #ifndef CTAS
 #define CTAS 2
 #endif
-constexpr int MAGIC = 0x4B400000;
-__device__ __forceinline__ void mma_m16n8k32_s8(int (&d)[4], const unsigned (&a)[4],
-                                                const unsigned (&b)[2], const int (&c)[4]) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
-                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
-                   "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
-}
 extern "C" __global__ void __launch_bounds__(256, CTAS) overlap_kernel(int iters, float c, float e, float* out) {
     const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
     unsigned a[4][4], b[4][2];
