@@ -17,6 +17,7 @@ GPU the peak memory of a step is reported too (above what stays allocated betwee
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -274,9 +275,13 @@ def saved_bytes(fn, module):
 
 def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32):
     """The fused fallback GEMM (forward, int8 out) against the plain one, by flagged fraction:
-    activations X (M, K) get a second plane on the 'topk' rule's fraction of blocks (the largest
-    absmax of random data: flags spread uniformly, the worst case for the kernel's 128 x 128
-    stage granularity); stages: the fraction of (128-row tile, 128-K stage) pairs that run again.
+    activations X (M, K) get a second plane on the 'topk' rule's fraction of blocks, in two
+    patterns. uniform: the largest absmax of random data, flags spread uniformly, the worst case
+    for the kernel, which runs a plane K-block for a whole 64- or 128-row tile (at 5% flagged,
+    1 - 0.95^2 = 9.75% of the 64-row halves' K-blocks hold a flag). channels: outlier channels
+    (the LLM.int8 kind: a few channels large in every token), here whole K-block columns of X
+    scaled 8x, so topk flags whole columns and the plane's K-blocks hold a flag in every row.
+    stages: the fraction of (128-row tile, 128-K stage) pairs that run again.
     GPU time of the kernels (bench.kernel_ms on CUDA), the fallback's extra work included (the
     K-block lists), the quantizer not. overhead: against the plain default GEMM (plain_ms: on
     Hopper the magic-number promotion, which the fallback kernel keeps for its plain K-blocks;
@@ -302,19 +307,32 @@ def bench_fallback(device, shapes, fracs=(0.0, 0.01, 0.05, 0.2, 1.0), qblock=32)
         t_plain = plain_ms("auto")
         t_exact = plain_ms("wgmma_exact") if sm90 else t_plain
         t_plain = min(t_plain, plain_ms("auto"))   # (the section's first timing ran ~5% slow)
-        for frac in fracs:
-            t, flagged = quantize_fallback(x, qblock, "topk", frac)
+        cases = [("uniform", frac) for frac in fracs]
+        cases += [("channels", frac) for frac in fracs if 0 < frac < 1]
+        for pattern, frac in cases:
+            xp = x if pattern == "uniform" else outlier_channels(x, qblock, frac)
+            t, flagged = quantize_fallback(xp, qblock, "topk", frac)
             ms = time_ms(lambda: gemm(t, tw, out="int8"))
             stages = None
             if t.has_plane:
                 _, count = flagged_stages(second_plane(t)[1], qblock)
                 stages = count.sum().item() / (count.numel() * -(-K // 128))
             rows.append(dict(op="fallback gemm fwd, int8 out", mkn=f"{M}x{K}x{N}", QB=qblock,
-                             flagged=flagged, stages=stages, plain_ms=t_plain,
+                             pattern=pattern, flagged=flagged, stages=stages, plain_ms=t_plain,
                              plain_exact_ms=t_exact, fallback_ms=ms, overhead=ms / t_plain - 1))
     for M, K, _ in shapes:
         rows += plane_rows(device, M, K, qblock)
     return rows
+
+
+def outlier_channels(x, qblock, frac):
+    """x with the channels of ceil(frac * K / QB) evenly spaced K-block columns scaled 8x: the
+    blocks 'topk' at frac then flags are (nearly) whole columns."""
+    kb = x.shape[1] // qblock
+    cols = torch.linspace(0, kb - 1, max(1, math.ceil(frac * kb)), device=x.device).round().long()
+    scale = torch.ones(kb, device=x.device, dtype=x.dtype)
+    scale[cols] = 8.0
+    return x * scale.repeat_interleave(qblock)[: x.shape[1]]
 
 
 def plane_rows(device, M, K, qblock):

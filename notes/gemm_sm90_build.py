@@ -6,7 +6,7 @@ it with --sass on the GPU machine, which has cuobjdump).
     python3 notes/gemm_sm90_build.py            # the table below, one row per source and QB
     python3 notes/gemm_sm90_build.py --sass     # + SASS of the consumer K loop (needs cuobjdump)
 
-Per row: the source as _source() picks it (magic: K-groups of 16 / 8 at QB = 32 / 64; exact; the
+Per row: the source as _source() picks it (magic: K-groups of 16 / 8 / 4 at QB = 32 / 64 / 128; exact; the
 ping-pong variant), ptxas's registers at entry and spill bytes per kernel, the flagged warnings, and
 the PTX instructions of the consumer K loop (the first loop holding a wgmma but no float compare:
 the fallback plane's loop compares scale products with 0) per accumulator element per K-block, as
@@ -27,6 +27,7 @@ import int8_gemm_sm90_pp as PP  # noqa: E402
 
 BUILDS = [  # (name, source, QB, K-group: K-blocks per consumer loop iteration, or None: the default)
     ("magic", S.SM90_MAGIC_SRC, 32, 16), ("magic", S.SM90_MAGIC_SRC, 64, 8),
+    ("magic", S.SM90_MAGIC_SRC, 128, 4),
     ("exact", S.SM90_SRC, 32, None), ("exact", S.SM90_SRC, 64, None), ("exact", S.SM90_SRC, 128, None),
     ("pp", PP.SM90_PP_SRC, 32, None), ("pp", PP.SM90_PP_SRC, 64, None), ("pp", PP.SM90_PP_SRC, 128, None),
 ]

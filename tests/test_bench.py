@@ -58,3 +58,15 @@ def test_a_graph_replay_computes_the_eager_step(mode):
     for p, g in zip(params, eager):
         err = ((p.grad - g).norm() / g.norm()).item()
         assert err <= (1e-2 if mode == "bf16" else 0.1), f"{mode}: {err:.2e}"
+
+
+def test_outlier_channels_make_topk_flag_whole_kblock_columns():
+    from bench import outlier_channels
+    from fallback import quantize_fallback
+    x = torch.randn(256, 512, generator=torch.Generator().manual_seed(0))
+    xc = outlier_channels(x, 32, 0.125)                # 2 of the 16 K-block columns
+    assert torch.equal((xc != x).any(0).view(16, 32).all(1).nonzero().flatten(),
+                       torch.tensor([0, 15]))
+    t, flagged = quantize_fallback(xc, 32, "topk", 0.125)
+    grid = (t.slot >= 0)
+    assert flagged == 0.125 and grid[:, [0, 15]].all() and grid.sum() == 2 * grid.shape[0]
