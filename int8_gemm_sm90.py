@@ -454,7 +454,7 @@ template <int OUT_INT8>
 __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, int m0, int n0,
         int n, int Mp, int Np, int M, int N, void* out, int out_bf16, const float* add, float* q_s,
         int stochastic, unsigned seed, int* bmax, int* bmax_next, unsigned base,
-        const TensorMap* q_map, const TensorMap* out_map, int out_mode) {
+        const TensorMap* q_map, const TensorMap* out_map, int out_mode, int* turn, int split) {
     const int wg = ct / 128, warp = ct / 32 % 4, lane = ct % 32;
     const int row = m0 + 64 * wg + 16 * warp + lane / 4, col0 = n0 + 2 * (lane % 4);
     const unsigned ctile = base + SMEM_C;
@@ -471,7 +471,12 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
     if (!OUT_INT8) {
         if (out_mode == RESIDUAL) mbar_wait(base + SMEM_CBAR, n & 1);   // the residual landed
         else {
-            if (ct == 0) bulk_wait_read();            // the last tile's store has read the C tile
+            if (ct == 0) {
+                bulk_wait_read();                     // the last tile's store has read the C tile
+                // split-K: the splits before mine have added (waiting here, not right before the
+                // adds below, keeps ptxas from spilling in the K loop)
+                if (turn) wait_turn(turn, split);
+            }
             consumer_sync();
         }
         if (out_bf16) stage_float_rows<true, false>(acc, ctile, r, c0);
@@ -486,6 +491,7 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
                 else tma_store(out_map, n0 + cols * j, m0, ctile + j * C_BOX);
             }
             bulk_commit();
+            if (turn) pass_turn(turn);
         }
         return;
     }
@@ -530,12 +536,14 @@ __device__ __forceinline__ void store_tile(float (&acc)[NACC], int ct, int rb, i
 // The kernel body. The grid is at most one CTA per SM (it holds 231 KB of shared memory at
 // QB = 32 and all 64K registers); CTA b computes tiles b, b + gridDim.x, ... (tile_origin's
 // order), the producer running ahead into the next tile while the consumers finish this one.
+// With split-K (splits > 1, the float kernel's ACCUMULATE epilogue) it walks units (unit_at)
+// instead, turns: one counter per tile, zeroed by the launcher.
 template <int OUT_INT8>
 __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMap* b_map,
         const TensorMap* q_map, const float* As, const float* Bs, int Mp, int Np, int Kp, int M,
         int N, void* out, int out_bf16, const float* add, float* q_s, int stochastic, unsigned seed,
         const Plane& pl, const TensorMap* po_map, const TensorMap* pq_map,
-        const TensorMap* out_map, const TensorMap* add_map, int out_mode) {
+        const TensorMap* out_map, const TensorMap* add_map, int out_mode, int splits, int* turns) {
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_u32(smem_raw) + 1023) & ~1023u;   // swizzle atoms are 1024-aligned
     int* bmax = (int*)__cvta_shared_to_generic(base + SMEM_BMAX);
@@ -550,7 +558,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     if (threadIdx.x < 128) {
         setmaxnreg_dec<40>();
         if (threadIdx.x == 0) tma_prefetch(a_map), tma_prefetch(b_map);
-        produce(base, a_map, b_map, po_map, pq_map, As, Bs, Mp, Np, Kp, pl);
+        produce(base, a_map, b_map, po_map, pq_map, As, Bs, Mp, Np, Kp, pl, splits);
         return;
     }
     setmaxnreg_inc<232>();
@@ -559,25 +567,32 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     const int wg = cw / 4, warp = cw % 4;
     const int rb = (64 * wg + 16 * warp) / QB;        // the thread's rows lie in one row block
     const Consumer cs = make_consumer(base, wg, rb);
-    const int KT0 = plain_stages(Kp);
+    const int units = tile_count(Mp, Np) * splits;
     Stage st{0, 0};
-    // A tile's plane stages come before its plain ones (produce); their count is read one tile
-    // ahead, across the epilogue.
-    int np = plane_stages_of(pl, blockIdx.x, Mp, Np);
-    for (int tile = blockIdx.x, n = 0; tile < tile_count(Mp, Np); tile += gridDim.x, ++n) {
+    // A tile's plane stages come before its plain ones (produce), in its split 0; their count is
+    // read one unit ahead, across the epilogue.
+    int np = blockIdx.x % splits ? 0 : plane_stages_of(pl, blockIdx.x / splits, Mp, Np);
+    for (int u = blockIdx.x, n = 0; u < units; u += gridDim.x, ++n) {
         int m0, n0;
-        plane_tile_origin(pl, tile, Mp, Np, m0, n0);
+        plane_tile_origin(pl, u / splits, Mp, Np, m0, n0);
         if (!OUT_INT8 && out_mode == RESIDUAL && ct == 0) load_residual(add_map, base, m0, n0, N);
         float acc[NACC];
         #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
         if (np && pl.halves == 2) st = consume_plane<(KBS > 1 ? KBS / 2 : 1)>(acc, cs, st, np, wg * KBS / 2);
         else if (np) st = consume_plane<KBS>(acc, cs, st, np, 0);
-        st = consume(acc, cs, st, KT0);
-        np = plane_stages_of(pl, tile + gridDim.x, Mp, Np);
+        st = consume(acc, cs, st, unit_at(u, splits, Kp).kn);
+        // the unit's tile and split, made anew from an opaque copy of u: kept from before the K
+        // loop they would take registers that its accumulators need (ptxas spilled)
+        int v = u;
+        asm volatile("mov.u32 %0, %0;\n" : "+r"(v));
+        const Unit w = unit_at(v, splits, Kp);
+        const int next = v + gridDim.x;
+        np = next % splits ? 0 : plane_stages_of(pl, next / splits, Mp, Np);
         store_tile<OUT_INT8>(acc, ct, rb, m0, n0, n, Mp, Np, M, N, out, out_bf16, add, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
-                             base, q_map, out_map, out_mode);
+                             base, q_map, out_map, out_mode, splits > 1 ? turns + w.tile : nullptr,
+                             w.split);
     }
     if (ct == 0) bulk_wait_read();                    // the C tile must outlive the last store's reads
 }
@@ -589,15 +604,15 @@ gemm_sm90_float_kernel(const __grid_constant__ TensorMap a_map, const __grid_con
                        const float* __restrict__ As, const float* __restrict__ Bs, void* out,
                        int M, int N, int Mp, int Np, int Kp, int out_bf16, const float* add,
                        const __grid_constant__ TensorMap out_map,
-                       const __grid_constant__ TensorMap add_map, int out_mode,
-                       const int* p_list, const int* p_count,
+                       const __grid_constant__ TensorMap add_map, int out_mode, int splits,
+                       int* turns, const int* p_list, const int* p_count,
                        const int* p_slot, const float* p_s2, const int* p_order,
                        int p_stride, int p_halves,
                        int p_on_b, const __grid_constant__ TensorMap p_omap,
                        const __grid_constant__ TensorMap p_qmap) {
     gemm_sm90<0>(&a_map, &b_map, nullptr, As, Bs, Mp, Np, Kp, M, N, out, out_bf16, add, nullptr, 0, 0u,
                  Plane{p_list, p_count, p_slot, p_s2, p_order, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
-                 &out_map, &add_map, out_mode);
+                 &out_map, &add_map, out_mode, splits, turns);
 }
 
 extern "C" __global__ void __launch_bounds__(384, 1)
@@ -614,7 +629,7 @@ gemm_sm90_int8_kernel(const __grid_constant__ TensorMap a_map, const __grid_cons
     gemm_sm90<1>(&a_map, &b_map, &q_map, As, Bs, Mp, Np, Kp, Mp, Np, nullptr, 0, nullptr, q_s,
                  stochastic, seed,
                  Plane{p_list, p_count, p_slot, p_s2, p_order, p_stride, p_halves, p_on_b}, &p_omap, &p_qmap,
-                 nullptr, nullptr, 0);
+                 nullptr, nullptr, 0, 1, nullptr);
 }
 """
 
@@ -672,14 +687,15 @@ def _arguments(a, b, args, out_map=()):
     return maps + out_map + args + plane_args(a, b)
 
 
-def _launch(name, a, b, args, exact, source, persistent, out_map=()):
-    """Launch kernel `name` over the tiles of C = A @ B^T (its arguments: _arguments).
+def _launch(name, a, b, args, exact, source, persistent, out_map=(), splits=1):
+    """Launch kernel `name` over the tiles of C = A @ B^T (its arguments: _arguments), each in
+    `splits` K splits (split_k).
     persistent: one CTA per SM walks the 128 x 128 tiles (else one CTA per tile, the kernel
     before persistence, kept for A/B timing)."""
     _check(a, b)
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    tiles = cdiv(Mp, TILE) * cdiv(Np, TILE)
-    grid = (min(tiles, _sm_count(a.q.device.index)) if persistent else tiles,)
+    units = cdiv(Mp, TILE) * cdiv(Np, TILE) * splits
+    grid = (min(units, _sm_count(a.q.device.index)) if persistent else units,)
     code, defines = _source(a.qblock, Kp, exact, source)
     kernel = _kernel(name, a.qblock, a.q.device.index, code, defines)
     launch(kernel, grid, (THREADS,), _arguments(a, b, args, out_map),
@@ -702,18 +718,22 @@ def out_mode(c, add, N, tma_out=True):
     return OUT_ACCUMULATE if add.data_ptr() == c.data_ptr() else OUT_RESIDUAL
 
 
-def float_args(a, b, c, M, N, add=None, tma_out=True):
+def float_args(a, b, c, M, N, add=None, tma_out=True, splits=1):
     """The float kernel's own arguments (args of _arguments); add: None or an fp32 tensor of
     M * N elements added to C (c itself to accumulate). C's tensor map has boxes of 128 rows x
-    128 bytes (32 fp32 or 64 bf16 columns), as the epilogue's C tile holds them."""
+    128 bytes (32 fp32 or 64 bf16 columns), as the epilogue's C tile holds them. splits > 1
+    (split_k; the ACCUMULATE mode only) comes with a zeroed turn counter per tile."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
     mode = out_mode(c, add, N, tma_out)
+    assert splits == 1 or mode == OUT_ACCUMULATE, "split-K adds into C"
     elem = c.element_size()
     out_map = tile_map(c.data_ptr(), M, N * elem, TILE, 128, elem) if mode != OUT_REGS else NO_MAP
     add_map = tile_map(add.data_ptr(), M, N * 4, TILE, 128, 4) if mode == OUT_RESIDUAL else NO_MAP
+    turns = (torch.zeros(cdiv(Mp, TILE) * cdiv(Np, TILE), dtype=torch.int32, device=c.device)
+             if splits > 1 else np.uint64(0))
     return (a.s, b.s, c, np.int32(M), np.int32(N), np.int32(Mp), np.int32(Np),
             np.int32(Kp), np.int32(c.dtype == torch.bfloat16), np.uint64(0) if add is None else add,
-            out_map, add_map, np.int32(mode))
+            out_map, add_map, np.int32(mode), np.int32(splits), turns)
 
 
 def float_kernel_args(a, b, c, M, N, add=None, tma_out=True):
@@ -722,15 +742,55 @@ def float_kernel_args(a, b, c, M, N, add=None, tma_out=True):
     return _arguments(a, b, float_args(a, b, c, M, N, add, tma_out))
 
 
+SPLIT_MAX = 8               # K splits of a tile at most
+SPLIT_MIN_STAGES = 8        # plain stages of a split at least (1024 of K)
+UNIT_COST = 4               # a unit's own cost (ring fill, epilogue, its turn), in plain stages
+
+
+def split_k(tiles, stages, group, sms):
+    """K splits per tile for a float output of `tiles` tiles, each `stages` plain stages long
+    (whole consumer groups of `group` stages): the count with the least waves x (the longest
+    split's stages + UNIT_COST), the persistent grid walking tiles x splits units on `sms` SMs. An output
+    of few tiles leaves most SMs idle without it (a GPT-2 small weight gradient, 768 x 768: 36
+    tiles on 132 SMs), and one of a few more than the SMs runs a second, nearly empty, wave."""
+    groups = stages // group
+    best, cost = 1, cdiv(tiles, sms) * (stages + UNIT_COST)
+    for s in range(2, SPLIT_MAX + 1):
+        longest = cdiv(groups, s) * group                     # the longest split's stages
+        if groups < s or stages // s < SPLIT_MIN_STAGES:
+            break
+        c = cdiv(tiles * s, sms) * (longest + UNIT_COST)
+        if c < cost:
+            best, cost = s, c
+    return best
+
+
+def _splits(a, b, exact, source):
+    """split_k for the float kernel's C = A @ B^T: its tiles and plain stages."""
+    (Mp, Kp), Np = a.q.shape, b.q.shape[0]
+    kbs = TILE // a.qblock                           # K-blocks per stage
+    defines = dict(d.split("=") for d in _source(a.qblock, Kp, exact, source)[1])
+    group = int(defines.get("KGROUP", max(kbs, 2))) // kbs          # KT_ROUND
+    stages = cdiv(cdiv(Kp, TILE), group) * group
+    return split_k(cdiv(Mp, TILE) * cdiv(Np, TILE), stages, group, _sm_count(a.q.device.index))
+
+
 def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=True,
-                 tma_out=True):
+                 tma_out=True, splits=None):
     """C (M x N fp32 / bf16) = A @ B^T (+ add, fp32: c itself to accumulate, or a residual);
     operands already checked by gemm_cuda.
     exact: the exact promotion even where the magic-number one applies (see _source);
     persistent=False: one CTA per tile (the kernel before persistence, kept for A/B timing);
-    tma_out=False: C stored from the registers (out_mode)."""
-    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add, tma_out), exact,
-            source, persistent)
+    tma_out=False: C stored from the registers (out_mode);
+    splits: K splits per tile, None: split_k's choice where C accumulates through TMA (the
+    weight gradients into .grad), else 1. Only there: C += A @ B^T then adds the splits' sums
+    one by one, a rounding of its own, where a fresh C (or the residual or int8 epilogue) keeps
+    the one sum of the unsplit kernel, bit for bit the same in every epilogue."""
+    if splits is None:
+        fits = persistent and out_mode(c, add, N, tma_out) == OUT_ACCUMULATE
+        splits = _splits(a, b, exact, source) if fits else 1
+    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add, tma_out, splits),
+            exact, source, persistent, splits=splits)
 
 
 def launch_int8(a, b, q, s, stochastic, seed, exact=False, source=None, persistent=True):

@@ -155,6 +155,25 @@ __device__ __forceinline__ void bulk_commit() {
 __device__ __forceinline__ void bulk_wait_read() {
     asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
+// Split-K's turns (SM90_PLAIN_STAGES_SRC, store_tile): wait until the tile's turn counter says
+// `split`, or make the bulk group's global writes complete and pass the turn on. The proxy
+// fences order the TMA's (async proxy) adds against the counter's (generic proxy) accesses.
+// The wait's loop is PTX's own: as a C++ loop in the epilogue it made ptxas spill in the K loop.
+__device__ __forceinline__ void wait_turn(const int* turn, int split) {
+    asm volatile("{\n.reg .s32 t;\n.reg .pred p;\n"
+                 "WAIT_TURN:\n"
+                 "ld.acquire.gpu.global.s32 t, [%0];\n"
+                 "setp.ne.s32 p, t, %1;\n"
+                 "@p nanosleep.u32 64;\n"
+                 "@p bra WAIT_TURN;\n"
+                 "}\n" :: "l"(turn), "r"(split) : "memory");
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+__device__ __forceinline__ void pass_turn(int* turn) {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    asm volatile("fence.proxy.async.global;\n" ::: "memory");
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" :: "l"(turn) : "memory");
+}
 // cp.async wrote through the generic proxy; wgmma reads through the async proxy
 __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -217,6 +236,20 @@ __device__ __forceinline__ int plain_stages(int Kp) {
 // store this one)
 __device__ __forceinline__ int tile_count(int Mp, int Np) {
     return ((Mp + BM - 1) / BM) * ((Np + BN - 1) / BN);
+}
+// Split-K (the float kernel's, for outputs of few tiles: the weight gradients). The CTAs walk
+// units, unit u = split u % splits of tile u / splits, a split being a run of whole consumer
+// groups of the plain stages (the fallback plane's stages go with split 0). Each split adds
+// its sums into C (the ACCUMULATE epilogue: the weight gradient into .grad) in split order,
+// passing a per-tile turn counter on (wait_turn / pass_turn), so the sums are the same at every
+// run. splits = 1: units are tiles.
+struct Unit {
+    int tile, split, k0, kn;     // tile, split, first plain stage, plain stages
+};
+__device__ __forceinline__ Unit unit_at(int u, int splits, int Kp) {
+    const int groups = plain_stages(Kp) / KT_ROUND, s = u % splits;
+    const int g0 = s * groups / splits, g1 = (s + 1) * groups / splits;
+    return Unit{u / splits, s, g0 * KT_ROUND, (g1 - g0) * KT_ROUND};
 }
 """
 
@@ -310,7 +343,7 @@ __device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorM
     cp_async_arrive(full);
 }
 
-// Producer warpgroup, over this CTA's tiles: per plain stage, the A and B tiles (TMA) and, thread
+// Producer warpgroup, over this CTA's units (unit_at: tiles, or their K splits): per plain stage, the A and B tiles (TMA) and, thread
 // t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. The
 // ring's stages are counted over all tiles (g: slot g % STAGES, its phase g / STAGES), so the
 // next tile's first stages load while the consumers still finish this one. A tile's plane stages
@@ -319,20 +352,22 @@ __device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorM
 // the groups of plain stages, measured slower at 1-5% flagged: notes/plane_profile.log.)
 __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* b_map,
                         const TensorMap* o_map, const TensorMap* q_map, const float* As,
-                        const float* Bs, int Mp, int Np, int Kp, const Plane& pl) {
-    const int t = threadIdx.x, Kb = Kp / QB, KT0 = plain_stages(Kp);
+                        const float* Bs, int Mp, int Np, int Kp, const Plane& pl, int splits) {
+    const int t = threadIdx.x, Kb = Kp / QB;
     const unsigned s_dst = base + SMEM_S + 4 * t;
     int g = 0;
-    for (int tile = blockIdx.x; tile < tile_count(Mp, Np); tile += gridDim.x) {
+    for (int u = blockIdx.x; u < tile_count(Mp, Np) * splits; u += gridDim.x) {
+        const Unit w = unit_at(u, splits, Kp);
         int m0, n0;
-        plane_tile_origin(pl, tile, Mp, Np, m0, n0);
+        plane_tile_origin(pl, w.tile, Mp, Np, m0, n0);
         PlaneCopy pc = plane_copy(base, pl, m0, n0);
+        if (w.split) pc.n = 0;
         bool is_a;
         int blk, j;
         scale_role(t, m0, n0, is_a, blk, j);
         for (int e = 0; e < pc.n; ++e, ++g)
             produce_plane_stage(base, o_map, q_map, As, Bs, Mp, Np, Kp, m0, n0, pl, pc, e, g);
-        for (int kt = 0; kt < KT0; ++kt, ++g) {
+        for (int kt = w.k0; kt < w.k0 + w.kn; ++kt, ++g) {
             const int slot = g % STAGES;
             const unsigned full = base + SMEM_BAR + 8 * slot;
             if (g >= STAGES) mbar_wait(base + SMEM_BAR + 8 * STAGES + 8 * slot, (g / STAGES + 1) & 1);

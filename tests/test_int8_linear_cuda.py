@@ -112,6 +112,46 @@ def test_float_epilogues(qblock):
     assert torch.equal(gemm_cuda(ta, tb_odd, residual=res_odd), res_odd + c_odd)
 
 
+@pytest.mark.parametrize("qblock", [32, 128])
+@pytest.mark.parametrize("plane", [False, True])
+def test_split_k_accumulates_in_a_fixed_order(qblock, plane, kernel, monkeypatch):
+    """Accumulating into a float output of few tiles with a long K (a weight gradient into
+    .grad), each tile runs in K splits that add into C one after another
+    (int8_gemm_sm90.split_k): base + the unsplit sums to fp32 rounding, the same bits at every
+    run; with a fallback plane on B (the wgrad's activation), whose stages go with split 0. A
+    fresh output is not split: the unsplit kernel's sums, as the other epilogues write them."""
+    if kernel == "mma":
+        pytest.skip("split-K is the wgmma kernel's")
+    import int8_gemm_sm90 as sm90
+    torch.manual_seed(qblock + plane)
+    M, K, N = 384, 8192, 200                 # 3 x 2 tiles, 64 stages of 128 of K
+    ta = operand(M, K, qblock)
+    x = torch.randn(N, K, device=DEV)
+    tb = quantize_fallback(x, qblock, "topk", 0.05)[0] if plane else quantize(x, qblock)
+    launch, chosen = sm90.launch_float, []
+
+    def spy(a, b, c, M, N, add=None, **kw):          # the splits each launch runs with
+        fits = sm90.out_mode(c, add, N) == sm90.OUT_ACCUMULATE
+        chosen.append(sm90._splits(a, b, kw.get("exact", False), kw.get("source")) if fits else 1)
+        return launch(a, b, c, M, N, add, **kw)
+    monkeypatch.setattr(sm90, "launch_float", spy)
+    c = gemm_cuda(ta, tb)
+    base = torch.randn(M, N, device=DEV)
+    acc, acc2 = base.clone(), base.clone()
+    gemm_cuda(ta, tb, accumulate=acc)
+    gemm_cuda(ta, tb, accumulate=acc2)
+    assert chosen[0] == 1 and chosen[1] > 1
+    monkeypatch.setattr(sm90, "launch_float", functools.partial(launch, splits=1))
+    assert torch.equal(gemm_cuda(ta, tb), c)
+    whole = base.clone()
+    gemm_cuda(ta, tb, accumulate=whole)
+    assert torch.equal(whole, base + c)
+    assert torch.equal(acc, acc2), "split-K added in another order"
+    err = (acc.double() - whole.double()).abs()
+    tol = 4e-6 * (bound(ta, tb)[:M, :N] + base.abs().double()) + 2 * magic_slack(ta, tb, kernel)
+    assert (err <= tol + 1e-30).all(), f"max err/tol {(err / (tol + 1e-30)).max():.3g}"
+
+
 @pytest.mark.parametrize("qblock", [32, 64, 128])
 @pytest.mark.parametrize("M,K,N", [(2100, 256, 1096), (300, 192, 40), (1, 64, 8)])
 def test_tma_float_epilogues_match_register_stores(M, K, N, qblock, kernel, monkeypatch):

@@ -44,3 +44,21 @@ def test_tile_map_keys_on_the_element_size():
     c = torch.zeros(256, 64, device="cuda")
     maps = [tile_map(c.data_ptr(), 256, 256, 128, 128, elem) for elem in (1, 2, 4)]
     assert len({m.tobytes() for m in maps}) == 3
+
+
+def test_split_k_splits_only_outputs_of_few_tiles():
+    """int8_gemm_sm90.split_k: a GPT-2 small weight gradient (768 x 768 out, K = 16384 tokens:
+    36 tiles, 128 stages) splits, a large output does not; every split has whole consumer
+    groups and at least SPLIT_MIN_STAGES stages, and the choice never costs more waves x stages
+    than running unsplit."""
+    from int8_gemm import cdiv
+    from int8_gemm_sm90 import SPLIT_MAX, SPLIT_MIN_STAGES, UNIT_COST, split_k
+    assert split_k(36, 128, 4, 132) > 1 and split_k(144, 128, 4, 132) > 1
+    assert split_k(1024, 16, 4, 132) == 1 and split_k(6, 2, 1, 132) == 1
+    for tiles in (1, 36, 108, 144, 300, 2048):
+        for stages, group in ((4, 1), (17, 1), (64, 4), (128, 4), (512, 2)):
+            s = split_k(tiles, stages, group, 132)
+            assert 1 <= s <= SPLIT_MAX and s <= stages // group
+            assert s == 1 or stages // s >= SPLIT_MIN_STAGES
+            cost = cdiv(tiles * s, 132) * (cdiv(stages // group, s) * group + UNIT_COST)
+            assert cost <= cdiv(tiles, 132) * (stages + UNIT_COST)
