@@ -242,7 +242,8 @@ __device__ __forceinline__ int tile_count(int Mp, int Np) {
 // groups of the plain stages (the fallback plane's stages go with split 0). Each split adds
 // its sums into C (the ACCUMULATE epilogue: the weight gradient into .grad) in split order,
 // passing a per-tile turn counter on (wait_turn / pass_turn), so the sums are the same at every
-// run. splits = 1: units are tiles.
+// run. splits = 1: units are tiles. (A split waits only on units of lower index, which run on
+// CTAs that are all resident: one CTA per SM, grid <= SMs.)
 struct Unit {
     int tile, split, k0, kn;     // tile, split, first plain stage, plain stages
 };
