@@ -3,6 +3,7 @@ flight on an H100 SM, or do they add up?
 
     python3 notes/wgmma_overlap.py          # on the GPU machine (CuPy + torch)
     python3 notes/wgmma_overlap.py --build  # CPU: nvcc each variant, show ptxas warnings
+    python3 notes/wgmma_overlap.py --swizzle  # wgmma from the plain vs the fallback plane layout
 
 The block-scaled GEMM (int8_gemm_sm90.py) measured its time as the *sum* of its wgmma-only and
 promotion-only times (notes/gemm_sm90.md, v2). This strips the question to its bones: 132 CTAs of
@@ -60,7 +61,12 @@ extern "C" __global__ void __launch_bounds__(256, 1) overlap_kernel(int iters, f
     __syncthreads();
     fence_proxy_async();
     const int wg = threadIdx.x / 128;
+#ifdef SW32          // the fallback plane stages' layout: rows of 32 bytes, 32-byte swizzle
+    constexpr unsigned long long HI = (unsigned long long)((8 * 32 >> 4) | (3u << 30)) << 32;
+    const unsigned long long da = HI | desc_lo(base + wg * 2048), db = HI | desc_lo(base + 16384);
+#else
     const unsigned long long da = desc_at(desc_lo(base + wg * 8192)), db = desc_at(desc_lo(base + 16384));
+#endif
     int d[2][NACC];
     float acc[NACC];
     #pragma unroll
@@ -124,8 +130,30 @@ def main():
     iters, sms = 1024, torch.cuda.get_device_properties(0).multi_processor_count
     out = torch.empty(sms * 256, device="cuda")
     clock = 1.98e9                      # max SM clock; cycles below assume it (an upper bound)
+    if "--swizzle" in sys.argv:
+        return swizzle(iters, sms, out, clock)
     for wgs in (2, 1):
         table(wgs, iters, sms, out, clock)
+
+
+def swizzle(iters, sms, out, clock):
+    """--swizzle: wgmma alone (no FFMA), operands as the plain stages lay them out (rows of 128
+    bytes, 128-byte swizzle) against the fallback plane stages' K-block columns at QB = 32 (rows
+    of 32 bytes, 32-byte swizzle), and both with the exact promotion."""
+    import numpy as np
+    from bench import event_ms
+    from quantize import get_kernel, launch
+    print("| operand layout | promotion | ms | cycles / K-block / SM |")
+    print("|---|---|---|---|")
+    for sw in ((), ("SW32",)):
+        for ff in (0, 3):
+            k = get_kernel(SOURCE, "overlap_kernel", defines(1, ff, 1) + sw)
+            k.max_dynamic_shared_size_bytes = SMEM
+            ms = event_ms(lambda: launch(k, (sms,), (256,), (np.int32(iters), np.float32(1.0000001),
+                                                              np.float32(1e-7), out), shared_mem=SMEM))
+            print(f"| {'32 B rows, 32 B swizzle' if sw else '128 B rows, 128 B swizzle'} | "
+                  f"{NAMES.get(ff, 'none')} | {ms:.3f} | {ms * 1e-3 * clock / (8 * iters):.0f} |",
+                  flush=True)
 
 
 def table(wgs, iters, sms, out, clock):
