@@ -283,22 +283,12 @@ struct PlaneCopy {
     int row;                 // the other operand's tile rows (is_col)
     int first, count, rbl;   // my column's list entries (plane_column) and my row block in it
     int next;                // my entry in the next stage, -1: none
-    // thread t < SCALE_FLOATS: its scale's column list (scale_role's j), read at the tile's
-    // start, and for a scale of the other operand the K-block of the next stage, read a stage
-    // ahead: no global load waits between a stage's empty slot and its scale's cp.async
-    int s_first, s_count, s_next;
 };
 __device__ __forceinline__ int plane_entry(const Plane& pl, const PlaneCopy& c, int e) {
     const int i = e * (KBS / pl.halves);
     if (!c.copies || i >= c.count) return -1;
     return c.is_col ? pl.list[c.first + i]
                     : pl.slot[(long long)(c.first + i) * (RBS / pl.halves) + c.rbl];
-}
-// The K-block of plane stage e for a scale thread of the other operand's scales (-1: none)
-__device__ __forceinline__ int plane_scale_entry(const Plane& pl, const PlaneCopy& c, bool is_a,
-                                                 int e) {
-    const int i = e * (KBS / pl.halves);
-    return is_a == (bool)pl.on_b && i < c.s_count ? pl.list[c.s_first + i] : -1;
 }
 __device__ __forceinline__ PlaneCopy plane_copy(unsigned base, const Plane& pl, int m0, int n0) {
     const int t = threadIdx.x, u = t - KBS;
@@ -321,15 +311,6 @@ __device__ __forceinline__ PlaneCopy plane_copy(unsigned base, const Plane& pl, 
     c.first = col.first;
     c.count = col.n;
     c.next = plane_entry(pl, c, 0);
-    if (t < SCALE_FLOATS) {
-        bool is_a;
-        int blk, js;
-        scale_role(t, m0, n0, is_a, blk, js);
-        const PlaneColumn cs = plane_column(pl, m0, n0, js);
-        c.s_first = cs.first;
-        c.s_count = cs.n;
-        c.s_next = plane_scale_entry(pl, c, is_a, 0);
-    }
     return c;
 }
 // Plane stage e of the tile at ring stage g: my copy, and thread t < SCALE_FLOATS one scale
@@ -349,16 +330,15 @@ __device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorM
         bool is_a;
         int blk, j;
         scale_role(t, m0, n0, is_a, blk, j);
-        const int rl = RBS / pl.halves, i = e * (KBS / pl.halves), kb = c.s_next;
-        const int rbj = blk - (pl.on_b ? n0 : m0) / QB - (j / (KBS / pl.halves)) * rl;
+        const PlaneColumn cj = plane_column(pl, m0, n0, j);
+        const int rl = RBS / pl.halves, i = e * (KBS / pl.halves);
+        const int rbj = blk - (pl.on_b ? n0 : m0) / QB - cj.h * rl;
         const float* src = nullptr;
         if (is_a != pl.on_b) {                          // the plane's: from the gathered scales
-            if (i < c.s_count && rbj >= 0 && rbj < rl)
-                src = pl.s2 + (long long)(c.s_first + i) * rl + rbj;
-        } else if (kb >= 0 && blk < (is_a ? Mp : Np) / QB) {
-            src = (is_a ? As : Bs) + (long long)blk * (Kp / QB) + kb;
+            if (i < cj.n && rbj >= 0 && rbj < rl) src = pl.s2 + (long long)(cj.first + i) * rl + rbj;
+        } else if (i < cj.n && blk < (is_a ? Mp : Np) / QB) {
+            src = (is_a ? As : Bs) + (long long)blk * (Kp / QB) + pl.list[cj.first + i];
         }
-        c.s_next = plane_scale_entry(pl, c, is_a, e + 1);
         cp_async4(base + SMEM_S + 4 * t + 4 * slot * SCALE_FLOATS, src ? src : As, src ? 4 : 0);
     }
     cp_async_arrive(full);
