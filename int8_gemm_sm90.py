@@ -37,6 +37,10 @@ and fp32 / bf16 (out_mode: the weight gradient's accumulate is a TMA reduce-add 
 residual is TMA-loaded into the C tile during the K loop; 0.85-0.98x the time of the register
 stores, which rows not 16-byte aligned keep: notes/tma_out_ab.log).
 
+A weight gradient added into .grad (the ACCUMULATE epilogue) with few output tiles runs each
+tile as K splits (split_k; a 768 x 768 gradient is 36 tiles for 132 SMs): the CTAs walk (tile,
+split) units, and the splits add into C in split order, so the sums are the same at every run.
+
 The shared-memory layout, the PTX wrappers and the producer are in int8_gemm_sm90_ring.py; the
 fused fallback plane (the fallback operand's second plane, fallback.py, run as extra K-blocks
 before the plain ones) in int8_gemm_sm90_plane.py. This file holds the consumers, the epilogues,
