@@ -575,7 +575,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
     Stage st{0, 0};
     // A tile's plane stages come before its plain ones (produce), in its split 0; their count is
     // read one unit ahead, across the epilogue.
-    int np = blockIdx.x % splits ? 0 : plane_stages_of(pl, blockIdx.x / splits, Mp, Np);
+    int np = plane_stages_of(pl, blockIdx.x, splits, Mp, Np);
     for (int u = blockIdx.x, n = 0; u < units; u += gridDim.x, ++n) {
         int m0, n0;
         plane_tile_origin(pl, u / splits, Mp, Np, m0, n0);
@@ -591,8 +591,7 @@ __device__ __forceinline__ void gemm_sm90(const TensorMap* a_map, const TensorMa
         int v = u;
         asm volatile("mov.u32 %0, %0;\n" : "+r"(v));
         const Unit w = unit_at(v, splits, Kp);
-        const int next = v + gridDim.x;
-        np = next % splits ? 0 : plane_stages_of(pl, next / splits, Mp, Np);
+        np = plane_stages_of(pl, v + gridDim.x, splits, Mp, Np);
         store_tile<OUT_INT8>(acc, ct, rb, m0, n0, n, Mp, Np, M, N, out, out_bf16, add, q_s,
                              stochastic, seed, bmax + n % 3 * RBS * CBS, bmax + (n + 1) % 3 * RBS * CBS,
                              base, q_map, out_map, out_mode, splits > 1 ? turns + w.tile : nullptr,
@@ -722,13 +721,15 @@ def out_mode(c, add, N, tma_out=True):
     return OUT_ACCUMULATE if add.data_ptr() == c.data_ptr() else OUT_RESIDUAL
 
 
-def float_args(a, b, c, M, N, add=None, tma_out=True, splits=1):
+def float_args(a, b, c, M, N, add=None, tma_out=True, splits=1, mode=None):
     """The float kernel's own arguments (args of _arguments); add: None or an fp32 tensor of
     M * N elements added to C (c itself to accumulate). C's tensor map has boxes of 128 rows x
-    128 bytes (32 fp32 or 64 bf16 columns), as the epilogue's C tile holds them. splits > 1
-    (split_k; the ACCUMULATE mode only) comes with a zeroed turn counter per tile."""
+    128 bytes (32 fp32 or 64 bf16 columns), as the epilogue's C tile holds them. mode: out_mode's,
+    if the caller has it. splits > 1 (split_k; the ACCUMULATE mode only) comes with a turn
+    counter per tile, zeroed for this launch (a fresh buffer, not a cached one: under CUDA graph
+    capture it belongs to the graph, and the replay zeroes it again)."""
     (Mp, Kp), Np = a.q.shape, b.q.shape[0]
-    mode = out_mode(c, add, N, tma_out)
+    mode = out_mode(c, add, N, tma_out) if mode is None else mode
     assert splits == 1 or mode == OUT_ACCUMULATE, "split-K adds into C"
     elem = c.element_size()
     out_map = tile_map(c.data_ptr(), M, N * elem, TILE, 128, elem) if mode != OUT_REGS else NO_MAP
@@ -790,10 +791,11 @@ def launch_float(a, b, c, M, N, add=None, exact=False, source=None, persistent=T
     weight gradients into .grad), else 1. Only there: C += A @ B^T then adds the splits' sums
     one by one, a rounding of its own, where a fresh C (or the residual or int8 epilogue) keeps
     the one sum of the unsplit kernel, bit for bit the same in every epilogue."""
+    mode = out_mode(c, add, N, tma_out)
     if splits is None:
-        fits = persistent and out_mode(c, add, N, tma_out) == OUT_ACCUMULATE
+        fits = persistent and mode == OUT_ACCUMULATE
         splits = _splits(a, b, exact, source) if fits else 1
-    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add, tma_out, splits),
+    _launch("gemm_sm90_float_kernel", a, b, float_args(a, b, c, M, N, add, tma_out, splits, mode),
             exact, source, persistent, splits=splits)
 
 

@@ -93,11 +93,13 @@ __device__ __forceinline__ int plane_stages(const Plane& pl, int m0, int n0) {
     for (int h = 0; h < pl.halves; ++h) n = max(n, (pl.count[first + h] + per - 1) / per);
     return n;
 }
-// plane_stages of tile `tile` (0 past the last: the consumers read it one tile ahead)
-__device__ __forceinline__ int plane_stages_of(const Plane& pl, int tile, int Mp, int Np) {
-    if (!pl.count || tile >= tile_count(Mp, Np)) return 0;
+// plane_stages of unit u (unit_at: split u % splits of tile u / splits); its tile's plane stages
+// go with split 0, and past the last unit there are none (the consumers read it one unit ahead)
+__device__ __forceinline__ int plane_stages_of(const Plane& pl, int u, int splits, int Mp,
+                                               int Np) {
+    if (!pl.count || u % splits || u >= tile_count(Mp, Np) * splits) return 0;
     int m0, n0;
-    plane_tile_origin(pl, tile, Mp, Np, m0, n0);
+    plane_tile_origin(pl, u / splits, Mp, Np, m0, n0);
     return plane_stages(pl, m0, n0);
 }
 // Column j of the plane's stages: its list (the tile's, or consumer half h's), the index of its

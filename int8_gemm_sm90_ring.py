@@ -344,10 +344,11 @@ __device__ __forceinline__ void produce_plane_stage(unsigned base, const TensorM
     cp_async_arrive(full);
 }
 
-// Producer warpgroup, over this CTA's units (unit_at: tiles, or their K splits): per plain stage, the A and B tiles (TMA) and, thread
-// t < SCALE_FLOATS, one scale; then one arrival on the stage's full barrier per thread. The
-// ring's stages are counted over all tiles (g: slot g % STAGES, its phase g / STAGES), so the
-// next tile's first stages load while the consumers still finish this one. A tile's plane stages
+// Producer warpgroup, over this CTA's units (unit_at: tiles, or their K splits): per plain stage,
+// the A and B tiles (TMA) and, thread t < SCALE_FLOATS, one scale; then one arrival on the
+// stage's full barrier per thread. The ring's stages are counted over all tiles (g: slot
+// g % STAGES, its phase g / STAGES), so the next tile's first stages load while the consumers
+// still finish this one. A tile's plane stages
 // (produce_plane_stage) come before its plain ones: so they load while the consumers run the
 // last tile's plain stages, which take longer than plane ones. (After them, or spread between
 // the groups of plain stages, measured slower at 1-5% flagged: notes/plane_profile.log.)
@@ -362,7 +363,7 @@ __device__ void produce(unsigned base, const TensorMap* a_map, const TensorMap* 
         int m0, n0;
         plane_tile_origin(pl, w.tile, Mp, Np, m0, n0);
         PlaneCopy pc = plane_copy(base, pl, m0, n0);
-        if (w.split) pc.n = 0;
+        if (w.split) pc.n = 0;                        // (a tile's plane stages: split 0's)
         bool is_a;
         int blk, j;
         scale_role(t, m0, n0, is_a, blk, j);
